@@ -1,0 +1,66 @@
+"""Checkpoints: one ``torch.save`` payload holding the method's ``state_dict`` (which includes all
+training state: EMA teachers, queues, centers), the optimiser, the step, all RNG states, the data
+normalisation and the fully resolved run config.
+
+Writes are atomic: the payload goes to ``NAME.tmp`` in the same folder, is flushed to disk, then
+renamed over ``NAME``, so a crash or Ctrl-C during a save never leaves a half-written ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "selfsup-checkpoint-v1"
+
+
+def library_version() -> str:
+    """The installed selfsup version (stored in checkpoints and exports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("selfsup")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` via a temp file + ``os.replace`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path, *, expect: str = FORMAT) -> dict[str, Any]:
+    """Load a selfsup checkpoint (or export) onto the CPU.
+
+    Raises:
+        CheckpointError: if the file is missing, unreadable/corrupt, or not a ``expect`` payload.
+    """
+    from selfsup.types import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        hint = " (pass the run's last.pt)" if path.is_dir() else ""
+        raise CheckpointError(f"checkpoint '{path}' does not exist{hint}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is unreadable or corrupt ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != expect:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"'{path}' is not a selfsup {expect} file (found format {found!r})"
+        )
+    return payload

@@ -1,0 +1,152 @@
+"""Optimisers (SGD, AdamW, LARS), weight-decay groups and the resolved optimisation settings.
+
+Weight decay is applied only to weights with ``p.dim() >= 2`` (conv and linear kernels); biases and
+normalisation parameters get none, as in SimCLR (appendix B.1), BYOL and nanoGPT. LARS's layer-wise
+adaptation is likewise skipped for those parameters (SimCLR's ``exclude_from_layer_adaptation``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.config import OptimConfig, from_dict, to_dict
+from selfsup.types import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+SCALINGS = ("linear", "sqrt", "none")
+
+# Used where neither the user nor the method's paper sets a value.
+FALLBACK: dict[str, Any] = {
+    "name": "adamw",
+    "lr": 1e-3,
+    "lr_scaling": "linear",
+    "weight_decay": 0.05,
+    "momentum": 0.9,
+    "betas": (0.9, 0.999),
+    "warmup_epochs": 10.0,
+    "min_lr_ratio": 0.0,
+    "clip_grad": 0.0,
+}
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017, "Large Batch Training of Convolutional Networks", Algorithm 1) with
+    SGD momentum, as used by SimCLR and BYOL.
+
+    For a parameter with ``lars=True`` in its group: ``g <- g + wd * w``, then
+    ``g <- g * eta * ||w|| / ||g||`` (trust ratio, 1 if either norm is 0), then momentum SGD.
+    Groups with ``lars=False`` (biases, norms) get plain momentum SGD with their own weight decay.
+
+    Raises:
+        ConfigError: for a negative learning rate, momentum or trust coefficient.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.001,
+    ) -> None:
+        if lr < 0 or momentum < 0 or eta <= 0:
+            raise ConfigError(f"LARS: invalid lr={lr}, momentum={momentum} or eta={eta}")
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
+                    "lars": True}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g: Tensor = p.grad
+                if group["weight_decay"] != 0:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if group["lars"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(g)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                        torch.ones_like(w_norm),
+                    )
+                    g = g.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def resolve(user: OptimConfig, method_defaults: dict[str, Any]) -> OptimConfig:
+    """Fill every ``None`` of ``user`` from the method's paper defaults, then the fallback.
+
+    Raises:
+        ConfigError: for an unknown optimiser or lr scaling, or a negative value.
+    """
+    merged = dict(FALLBACK)
+    merged.update(method_defaults)
+    merged.update({k: v for k, v in to_dict(user).items() if v is not None})
+    cfg = from_dict(OptimConfig, merged, where="optim")
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name '{cfg.name}' is unknown; expected one of {', '.join(OPTIMIZERS)}")
+    if cfg.lr_scaling not in SCALINGS:
+        raise ConfigError(
+            f"optim.lr_scaling '{cfg.lr_scaling}' is unknown; expected one of {', '.join(SCALINGS)}"
+        )
+    for k in ("lr", "weight_decay", "warmup_epochs", "min_lr_ratio", "clip_grad"):
+        if (getattr(cfg, k) or 0) < 0:
+            raise ConfigError(f"optim.{k} must be >= 0, got {getattr(cfg, k)}")
+    if cfg.accumulate < 1:
+        raise ConfigError(f"optim.accumulate must be >= 1, got {cfg.accumulate}")
+    return cfg
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """Peak learning rate: ``lr * B/256`` (linear, Goyal et al. 2017), ``lr * sqrt(B/256)`` or ``lr``."""
+    assert cfg.lr is not None
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * global_batch / 256
+    if cfg.lr_scaling == "sqrt":
+        return float(cfg.lr * (global_batch / 256) ** 0.5)
+    return cfg.lr
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: kernels (``dim >= 2``, decayed, LARS-adapted) and the rest (no decay, no LARS).
+
+    Parameters with ``requires_grad=False`` are left out (e.g. EMA teachers).
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lars": True}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars": False})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """The optimiser named by the resolved ``cfg`` over :func:`param_groups` of ``model``."""
+    assert cfg.weight_decay is not None and cfg.momentum is not None
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        for g in groups:
+            g.pop("lars")
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "adamw":
+        for g in groups:
+            g.pop("lars")
+        betas = cfg.betas or (0.9, 0.999)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return LARS(groups, lr=lr, momentum=cfg.momentum)

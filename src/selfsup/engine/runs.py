@@ -1,0 +1,158 @@
+"""Building a run's parts from a :class:`~selfsup.config.RunConfig` and getting encoders back out
+of checkpoints: shared by the trainer, the evaluation commands and export."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from selfsup import registry
+from selfsup.config import RunConfig, from_dict, replace
+from selfsup.data.datasets import ImageDataset, from_config
+from selfsup.data.stats import Normalization, compute_normalization
+from selfsup.data.views import MultiView, eval_transform, get_preset
+from selfsup.engine import checkpoint
+from selfsup.methods.base import Method, build_method
+from selfsup.nn.backbones import create_backbone
+from selfsup.types import CheckpointError, DataError
+
+
+@dataclass
+class Parts:
+    """Everything a pretraining run is made of, with every default resolved."""
+
+    cfg: RunConfig
+    train: ImageDataset
+    val: ImageDataset | None
+    norm: Normalization
+    image_size: int
+    method: Method
+    views: MultiView
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU.
+
+    Raises:
+        ConfigError: if CUDA is requested but not available.
+    """
+    from selfsup.types import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device '{name}' requested but CUDA is not available")
+    return dev
+
+
+def image_size_of(cfg: RunConfig, ds: ImageDataset) -> int:
+    """The square side the encoder sees: ``data.image_size`` or the data's smaller side."""
+    return int(cfg.data.image_size or min(ds.image_size))
+
+
+def backbone_from(cfg: RunConfig, in_chans: int, image_size: int) -> nn.Module:
+    """The backbone named in ``cfg`` (fresh random weights)."""
+    b = cfg.backbone
+    return create_backbone(
+        b.name, in_chans=in_chans, image_size=image_size, cifar_stem=b.cifar_stem,
+        patch_size=b.patch_size, **b.kwargs,
+    )
+
+
+def normalization_from(cfg: RunConfig, ds: ImageDataset) -> Normalization:
+    d = cfg.data
+    return compute_normalization(ds, low=d.low, high=d.high, mean=d.mean, std=d.std, seed=d.seed)
+
+
+def build_parts(cfg: RunConfig) -> Parts:
+    """Open the data, compute the normalisation, build backbone, method and views.
+
+    The returned ``cfg`` has the view preset, image size and normalisation filled in, so saving it
+    reproduces the run exactly.
+    """
+    registry.get("method", cfg.method)  # fail on an unknown method before touching the data
+    registry.get("backbone", cfg.backbone.name)
+    train, val = from_config(cfg.data)
+    if len(train) == 0:
+        raise DataError(f"dataset '{cfg.data.path}' has no images")
+    size = image_size_of(cfg, train)
+    norm = normalization_from(cfg, train)
+    method = build_method(cfg.method, backbone_from(cfg, train.channels, size), **cfg.method_args)
+    preset = cfg.views or type(method).default_views
+    views = MultiView(get_preset(preset, size, **cfg.view_args), train.channels, norm.mean, norm.std)
+    data = replace(cfg.data, image_size=size, low=norm.low, high=norm.high, mean=norm.mean,
+                   std=norm.std)
+    cfg = replace(cfg, views=preset, data=data,
+                  method_args=_config_dict(method.cfg))
+    return Parts(cfg, train, val, norm, size, method, views)
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    from selfsup.config import to_dict
+
+    return to_dict(cfg)
+
+
+def preprocessor(norm: Normalization, size: int) -> Callable[[Tensor], Tensor]:
+    """Raw batch -> normalised encoder input at ``size`` (no augmentation), on the batch's device."""
+
+    def prep(x: Tensor) -> Tensor:
+        return eval_transform(norm.to_unit(x), size, norm.mean, norm.std)
+
+    return prep
+
+
+@dataclass
+class LoadedRun:
+    """An encoder restored from a checkpoint, with what is needed to feed it."""
+
+    encoder: nn.Module
+    cfg: RunConfig
+    norm: Normalization
+    image_size: int
+    in_chans: int
+    step: int
+    payload: dict[str, Any]
+
+    def random_init(self, seed: int = 0) -> nn.Module:
+        """The same architecture with fresh random weights (the baseline of every report)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return backbone_from(self.cfg, self.in_chans, self.image_size)
+
+
+def load_run(path: str, *, method: str | None = None) -> LoadedRun:
+    """Restore the encoder of a pretraining checkpoint.
+
+    Args:
+        path: a ``last.pt`` written by the trainer.
+        method: if given, the method the checkpoint must come from.
+
+    Raises:
+        CheckpointError: missing/corrupt file, a checkpoint of another method, or weights that do
+            not fit the backbone named in its config.
+    """
+    payload = checkpoint.load(path)
+    cfg = from_dict(RunConfig, payload["config"])
+    if method is not None and cfg.method != method:
+        raise CheckpointError(
+            f"checkpoint '{path}' was trained with method '{cfg.method}', not '{method}'"
+        )
+    info = payload["data"]
+    enc = backbone_from(cfg, int(info["channels"]), int(info["image_size"]))
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in payload["model"].items() if k.startswith(prefix)}
+    try:
+        enc.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit backbone '{cfg.backbone.name}': {str(e)[:300]}"
+        ) from None
+    norm = Normalization.from_dict(payload["normalization"])
+    return LoadedRun(enc.eval(), cfg, norm, int(info["image_size"]), int(info["channels"]),
+                     int(payload["step"]), payload)

@@ -1,0 +1,320 @@
+"""THE training loop: one explicit loop over optimiser steps (read it top to bottom).
+
+Per step: raw batch -> device -> unit range -> batched augmentation (fp32) -> method forward under
+autocast -> loss / accumulate -> backward; every ``accumulate`` micro-batches: clip, optimiser step,
+``method.on_step_end(step, total)`` (EMA, queues), per-step lr from a pure schedule. Checkpoints
+are atomic; Ctrl-C/SIGTERM finishes the current step, writes ``last.pt`` and exits; a non-finite loss
+stops at once and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from selfsup.config import RunConfig, from_dict, replace, save_yaml, to_dict
+from selfsup.data.datasets import make_loader
+from selfsup.engine import checkpoint
+from selfsup.engine.optim import build_optimizer, resolve, scaled_lr
+from selfsup.engine.runs import Parts, build_parts, pick_device, preprocessor
+from selfsup.eval.collapse import effective_rank, embedding_std
+from selfsup.eval.knn import OnlineKNN
+from selfsup.types import Batch, CheckpointError, DataError, NonFiniteLossError
+from selfsup.utils import dist
+from selfsup.utils.log import MetricsWriter, logger
+from selfsup.utils.schedules import warmup_cosine
+from selfsup.utils.seed import rng_state, seed_everything, set_rng_state
+
+COLLAPSE_STD_RATIO = 0.1  # warn when std(normalised z) * sqrt(d) falls below this (SimSiam 4.1)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised after Ctrl-C/SIGTERM once the checkpoint is written."""
+
+
+@dataclass
+class PretrainResult:
+    """Summary of a (possibly partial) run."""
+
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    total_steps: int
+    final_loss: float
+    images_per_s: float
+    peak_memory_mb: float
+    seconds: float
+    method: Any  # the trained Method (on the training device)
+    cfg: RunConfig
+
+    @property
+    def completed(self) -> bool:
+        return self.step >= self.total_steps
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into a flag checked between steps; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        logger.warning("stop requested: finishing this step and writing a checkpoint "
+                       "(press Ctrl-C again to abort without saving)")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopFlag]:
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = {}
+        try:
+            yield self
+        finally:
+            for s, h in self._old.items():
+                signal.signal(s, h)
+
+
+def _precision(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _resume_config(cfg: RunConfig, path: Path) -> tuple[RunConfig, dict[str, Any]]:
+    payload = checkpoint.load(path)
+    saved = from_dict(RunConfig, payload["config"])
+    for what, a, b in (("method", saved.method, cfg.method),
+                       ("backbone", saved.backbone.name, cfg.backbone.name)):
+        if a != b:
+            raise CheckpointError(f"cannot resume '{path}': it was trained with {what} '{a}', "
+                                  f"but this run asks for '{b}'")
+    # the run continues as saved; only the step budget and logging may change
+    train = replace(saved.train, steps=cfg.train.steps, epochs=cfg.train.epochs,
+                    progress=cfg.train.progress, out=cfg.train.out)
+    return replace(saved, train=train), payload
+
+
+def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None,
+             parts: Parts | None = None) -> PretrainResult:
+    """Pretrain ``cfg.method`` on ``cfg.data``; write checkpoints, config and metrics to ``cfg.train.out``.
+
+    Args:
+        cfg: the run configuration (``None`` fields take the method's paper defaults).
+        resume: continue from ``<out>/last.pt`` exactly (model, optimiser, step, RNG states).
+        stop_at: end (with a checkpoint) after this optimiser step, as a preemption would;
+            ``--resume`` then finishes the run identically to an uninterrupted one.
+        parts: pre-built parts (Python API); by default built from ``cfg``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+        Interrupted: Ctrl-C/SIGTERM, after writing ``last.pt``.
+        DataError, ConfigError, CheckpointError: bad input, named in the message.
+    """
+    t_start = time.time()
+    device = pick_device(cfg.train.device)
+    dist.init_from_env(device.type)
+    if device.type == "cuda" and dist.is_initialized():
+        device = torch.device("cuda", dist.local_rank())
+        torch.cuda.set_device(device)
+    out = Path(cfg.train.out)
+    ckpt_path = out / "last.pt"
+    payload: dict[str, Any] | None = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}' to continue from")
+        cfg, payload = _resume_config(cfg, ckpt_path)
+    elif ckpt_path.exists():
+        raise CheckpointError(f"'{out}' already holds a run (last.pt); pass --resume to continue "
+                              "it or choose another --out")
+    seed_everything(cfg.train.seed + dist.rank())
+    parts = parts or build_parts(cfg)
+    cfg, method, views = parts.cfg, parts.method, parts.views
+    method.to(device)
+    views.to(device)
+
+    B, accum, world = cfg.train.batch_size, cfg.optim.accumulate, dist.world_size()
+    loader = make_loader(parts.train, B, shuffle=True, drop_last=True, seed=cfg.train.seed,
+                         num_workers=cfg.data.num_workers, rank=dist.rank(), world_size=world)
+    steps_per_epoch = len(loader) // accum
+    if steps_per_epoch == 0:
+        raise DataError(f"dataset '{cfg.data.path}' has {len(parts.train)} images, fewer than one "
+                        f"batch ({B} x {world} processes x {accum} accumulation); lower "
+                        "--batch-size")
+    total = cfg.train.steps or cfg.train.epochs * steps_per_epoch
+    ocfg = resolve(cfg.optim, type(method).default_optim)
+    cfg = replace(cfg, optim=ocfg)
+    peak_lr = scaled_lr(ocfg, B * world * accum)
+    assert ocfg.warmup_epochs is not None and ocfg.min_lr_ratio is not None
+    warmup = min(round(ocfg.warmup_epochs * steps_per_epoch), total // 2)
+    optimizer = build_optimizer(method, ocfg, peak_lr)
+    amp_dtype = _precision(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    model: torch.nn.Module = method
+    if world > 1:
+        model = DistributedDataParallel(method, device_ids=[device] if device.type == "cuda"
+                                        else None)
+    if cfg.train.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+
+    step = 0
+    if payload is not None:
+        method.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        step = int(payload["step"])
+        set_rng_state(payload["rng"])
+        logger.info("resumed '%s' at step %d/%d", ckpt_path, step, total)
+
+    main = dist.is_main()
+    writer = MetricsWriter(out, tensorboard=cfg.train.tensorboard) if main else None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+    monitor = None
+    if cfg.train.monitor_every > 0 and parts.val is not None and parts.val.has_labels:
+        monitor = OnlineKNN(parts.train, parts.val, preprocessor(parts.norm, parts.image_size),
+                            device=device)
+
+    def save() -> None:
+        if not main:
+            return
+        checkpoint.save_atomic({
+            "format": checkpoint.FORMAT, "version": checkpoint.library_version(), "method": cfg.method,
+            "config": to_dict(cfg), "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+            "rng": rng_state(), "normalization": parts.norm.to_dict(),
+            "data": {"channels": parts.train.channels, "image_size": parts.image_size,
+                     "num_classes": parts.train.num_classes},
+        }, ckpt_path)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=step, disable=not (cfg.train.progress and main),
+               dynamic_ncols=True, desc=f"{cfg.method}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    method.train()
+    last_loss, seen, t_window, ips = float("nan"), 0, time.perf_counter(), 0.0
+    run_ips: list[float] = []
+    stop = _StopFlag()
+    with stop.installed():
+        while step < total:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            loader.set_epoch(epoch)
+            micro = 0
+            for i, (x, y, idx) in enumerate(loader):
+                if i < done_in_epoch * accum:
+                    continue  # resuming mid-epoch: same permutation, skip what was trained
+                lr = warmup_cosine(step, total, warmup, peak_lr, peak_lr * ocfg.min_lr_ratio)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                x = x.to(device, non_blocking=True)
+                with torch.no_grad():
+                    v, boxes = views(parts.norm.to_unit(x))
+                batch = Batch(views=v, index=idx.to(device), labels=y.to(device), boxes=boxes)
+                sync = contextlib.nullcontext()
+                if world > 1 and micro < accum - 1:
+                    sync = model.no_sync()  # type: ignore[operator]
+                with sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                          enabled=amp_dtype is not None):
+                    result = model(batch)
+                    loss = result.loss
+                    if not torch.isfinite(loss.detach()):
+                        bar.close()
+                        raise NonFiniteLossError(
+                            f"loss became {loss.item()} at step {step}; stopped. The last good "
+                            f"checkpoint is kept at '{ckpt_path}'. Try a lower optim.lr, "
+                            "optim.clip_grad=1.0 or train.precision=fp32")
+                    scaler.scale(loss / accum).backward()
+                micro += 1
+                seen += x.shape[0]
+                if micro < accum:
+                    continue
+                micro = 0
+                if ocfg.clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), ocfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                method.on_step_end(step, total)
+                step += 1
+                bar.update(1)
+
+                if step % cfg.train.log_every == 0 or step == total:
+                    last_loss = float(loss.detach())
+                    now = time.perf_counter()
+                    ips = seen * world / max(now - t_window, 1e-9)
+                    run_ips.append(ips)
+                    seen, t_window = 0, now
+                    rec: dict[str, Any] = {"epoch": step / steps_per_epoch, "loss": last_loss,
+                                           "lr": lr, "images_per_s": ips}
+                    rec.update({k: float(v) for k, v in result.logs.items()})
+                    ce = cfg.train.collapse_every
+                    if ce and result.embeddings is not None and step % ce < cfg.train.log_every:
+                        rec.update(_collapse(result.embeddings, step))
+                    if writer:
+                        writer.write(step, rec)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+                if monitor and step % steps_per_epoch == 0 and \
+                        (step // steps_per_epoch) % cfg.train.monitor_every == 0:
+                    acc = monitor(method.encoder())
+                    method.train()
+                    if writer:
+                        writer.write(step, {"monitor_knn_top1": acc["top1"]})
+                    logger.info("epoch %d: online kNN top-1 %.2f%%", step // steps_per_epoch,
+                                acc["top1"])
+                if step % cfg.train.ckpt_every == 0 or step == total or stop.set \
+                        or step == stop_at:
+                    save()
+                if stop.set:
+                    bar.close()
+                    raise Interrupted(f"interrupted at step {step}; checkpoint written to "
+                                      f"'{ckpt_path}' (continue with --resume)")
+                if step >= total or step == stop_at:
+                    break
+            if step == stop_at:
+                break
+    bar.close()
+    if writer:
+        writer.close()
+    peak = _peak_memory_mb(device)
+    steady = run_ips[1:] or run_ips
+    return PretrainResult(out, ckpt_path, step, total, last_loss,
+                          sum(steady) / max(len(steady), 1), peak, time.time() - t_start,
+                          method, cfg)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _collapse(z: torch.Tensor, step: int) -> dict[str, float]:
+    z = z.detach().float()
+    std = embedding_std(z)
+    ratio = std * math.sqrt(z.shape[1])
+    rank = effective_rank(z)
+    if ratio < COLLAPSE_STD_RATIO:
+        logger.warning("step %d: embeddings look collapsed (std ratio %.3f < %.2f, effective "
+                       "rank %.1f)", step, ratio, COLLAPSE_STD_RATIO, rank)
+    return {"embedding_std": std, "std_ratio": ratio, "effective_rank": rank}

@@ -1,0 +1,76 @@
+"""The base every method derives from: one ``nn.Module`` holding all training state.
+
+A method owns its backbone (the encoder that is evaluated and exported), its heads and any state
+(EMA teachers, queues, centers, prototypes) as submodules or buffers, so ``state_dict()`` is the
+whole checkpoint. The trainer calls ``training_step`` on an augmented :class:`~selfsup.types.Batch`
+and ``on_step_end(step, total)`` right after ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import nn
+
+from selfsup import registry
+from selfsup.config import from_dict
+from selfsup.types import Batch, ConfigError, StepOutput
+
+
+class Method(nn.Module):
+    """Base class of self-supervised methods.
+
+    Class attributes a subclass sets:
+        Config: the method's ``@dataclass`` of hyper-parameters (paper defaults).
+        default_views: name of the view preset the paper uses (`selfsup list presets`).
+        default_optim: the paper's optimiser settings, keys of :class:`selfsup.config.OptimConfig`.
+    """
+
+    Config: ClassVar[type] = object
+    default_views: ClassVar[str] = "simclr"
+    default_optim: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, backbone: nn.Module, cfg: Any) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+
+    @property
+    def name(self) -> str:
+        return str(getattr(type(self), "registry_name", type(self).__name__.lower()))
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        """Compute the loss on one augmented batch."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step")
+
+    def forward(self, batch: Batch) -> StepOutput:
+        """``training_step`` as ``forward``, so DDP's gradient hooks see the call."""
+        return self.training_step(batch)
+
+    def on_step_end(self, step: int, total: int) -> None:
+        """Update non-gradient state (EMA, queues, centers) after the optimiser step ``step``."""
+
+    def encoder(self) -> nn.Module:
+        """The module evaluated by kNN/linear probes and written by ``export``."""
+        return self.backbone
+
+
+def build_method(name: str, backbone: nn.Module, **overrides: Any) -> Method:
+    """Create registered method ``name`` around ``backbone`` with Config overrides.
+
+    ``None`` overrides are dropped so the paper default stays.
+
+    Raises:
+        UnknownNameError: for an unknown method name (lists the valid ones).
+        ConfigError: for an unknown or ill-typed hyper-parameter (names it and the valid ones).
+    """
+    cls = registry.get("method", name).obj
+    cfg_cls = cls.Config
+    if not dataclasses.is_dataclass(cfg_cls):
+        raise ConfigError(f"method '{name}' has no Config dataclass")
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    cfg = from_dict(cfg_cls, clean, where="method_args")
+    method = cls(backbone, cfg)
+    assert isinstance(method, Method)
+    return method

@@ -1,0 +1,1 @@
+"""L0 utilities: distributed helpers, pure schedules, seeding, logging."""
