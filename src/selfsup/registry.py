@@ -11,6 +11,7 @@ options the user did not set never override the object's own defaults.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ def register(
         desc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
         table[name] = Entry(kind, name, obj, desc, reference)
         if isinstance(obj, type):
-            obj.registry_name = name  # type: ignore[attr-defined]
+            with contextlib.suppress(TypeError):  # built-in types are immutable
+                obj.registry_name = name  # type: ignore[attr-defined]
         return obj
 
     return deco

@@ -1,0 +1,7 @@
+"""``python -m selfsup`` is the ``selfsup`` command."""
+
+import sys
+
+from selfsup.cli import main
+
+sys.exit(main())

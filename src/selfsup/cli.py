@@ -1,0 +1,195 @@
+"""Command line: ``selfsup pretrain | eval | embed | export | list | demo`` (also ``python -m selfsup``).
+
+Every command that reports numbers takes ``--json`` and then prints exactly one JSON object on
+stdout (progress and messages go to stderr). Errors caused by input print one line
+``selfsup: error: ...`` and exit with status 2 (``--debug`` shows the traceback); Ctrl-C exits 130
+after the trainer wrote its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selfsup import registry
+from selfsup.cli_args import add_pretrain_args, config_from_args
+from selfsup.types import SelfsupError
+from selfsup.utils.log import setup_logging
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj) if args.json else text, flush=True)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from selfsup.engine.trainer import pretrain
+
+    cfg = config_from_args(args)
+    res = pretrain(cfg, resume=args.resume)
+    obj = {"run_dir": str(res.run_dir), "checkpoint": str(res.checkpoint), "step": res.step,
+           "total_steps": res.total_steps, "final_loss": res.final_loss,
+           "images_per_s": res.images_per_s, "peak_memory_mb": res.peak_memory_mb,
+           "seconds": res.seconds}
+    _emit(args, obj, f"done: {res.step} steps, loss {res.final_loss:.4f}, "
+          f"{res.images_per_s:.0f} images/s; checkpoint {res.checkpoint}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from selfsup.engine.evaluate import evaluate_checkpoint
+    from selfsup.eval.report import format_table
+
+    which = ("knn", "linear") if args.probe == "all" else (args.probe,)
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.test_data, which=which, k=args.k,
+                            temperature=args.temperature, batch_size=args.batch_size,
+                            device=args.device, limit=args.limit,
+                            baselines=not args.no_baselines, seed=args.seed)
+    rows = r["rows"]
+    key = "knn" if args.probe == "knn" else "linear"
+    obj: dict[str, Any] = {"probe": args.probe, **{k: v for k, v in r.items() if k != "rows"}}
+    obj["top1"] = rows["pretrained"][f"{key}_top1"]
+    obj["top5"] = rows["pretrained"][f"{key}_top5"]
+    for name, slug in (("random init", "random_init"), ("raw pixels", "raw_pixels")):
+        if name in rows:
+            obj[f"{slug}_top1"] = rows[name][f"{key}_top1"]
+    obj["rows"] = rows
+    text = format_table(rows) + f"\n(train {r['train_size']}, test {r['test_size']}: {r['test']})"
+    _emit(args, obj, text)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from selfsup.engine.evaluate import embed_checkpoint
+
+    f, y = embed_checkpoint(args.checkpoint, args.data, split=args.split,
+                            batch_size=args.batch_size, device=args.device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, embeddings=f, labels=y)
+    else:
+        np.save(out, f)
+    _emit(args, {"out": str(out), "shape": list(f.shape)}, f"wrote {f.shape} embeddings to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from selfsup.engine.export import export_encoder
+
+    meta = export_encoder(args.checkpoint, args.out, torchscript=not args.no_torchscript)
+    msg = f"wrote {meta['path']}" + (f" and {meta['torchscript']}" if "torchscript" in meta else "")
+    _emit(args, meta, msg)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kind = {"methods": "method", "backbones": "backbone", "presets": "preset",
+            "datasets": "dataset"}[args.what]
+    items = [{"name": e.name, "description": e.description, "reference": e.reference}
+             for e in registry.entries(kind)]
+    width = max((len(i["name"]) for i in items), default=0)
+    lines = [f"{i['name']:<{width}}  {i['description']}" +
+             (f"  [{i['reference']}]" if i["reference"] else "") for i in items]
+    _emit(args, {args.what: items}, "\n".join(lines))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from selfsup.engine.demo import run_demo
+
+    r = run_demo(out=args.out, steps=args.steps, epochs=args.epochs, progress=not args.json)
+    _emit(args, r["json"], r["text"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser("pretrain", help="pretrain an encoder with a self-supervised method")
+    add_pretrain_args(sp)
+    sp.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("eval", help="kNN / linear-probe accuracy of a checkpoint's encoder")
+    ev.add_argument("probe", choices=["knn", "linear", "all"], help="which evaluation")
+    ev.add_argument("--checkpoint", required=True, help="a run's last.pt")
+    ev.add_argument("--data", help="labeled data (default: the run's pretraining data)")
+    ev.add_argument("--test-data", help="labeled test data (default: the data's test split, "
+                    "else a seeded 20%% hold-out)")
+    ev.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
+    ev.add_argument("--temperature", type=float, default=0.1, help="kNN temperature (0.1)")
+    ev.add_argument("--limit", type=int, help="use at most N train and N test images")
+    ev.add_argument("--no-baselines", action="store_true", help="skip random-init / raw pixels")
+    ev.add_argument("--seed", type=int, default=0)
+    _common(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    em = sub.add_parser("embed", help="write embeddings of a dataset (.npy, or .npz with labels)")
+    em.add_argument("--checkpoint", required=True, help="a run's last.pt")
+    em.add_argument("--data", required=True, help="folder, array file or built-in name")
+    em.add_argument("--split", default="all", help="split of a built-in/npz source (all)")
+    em.add_argument("--out", required=True, help="output .npy (embeddings) or .npz (+labels)")
+    _common(em)
+    em.set_defaults(func=cmd_embed)
+
+    ex = sub.add_parser("export", help="export the encoder (weights + metadata, TorchScript)")
+    ex.add_argument("--checkpoint", required=True, help="a run's last.pt")
+    ex.add_argument("--out", required=True, help="output file, e.g. enc.pt (TorchScript: enc.ts)")
+    ex.add_argument("--no-torchscript", action="store_true", help="skip the TorchScript file")
+    ex.add_argument("--json", action="store_true", help="print one JSON object")
+    ex.set_defaults(func=cmd_export)
+
+    ls = sub.add_parser("list", help="list registered methods, backbones, presets or datasets")
+    ls.add_argument("what", choices=["methods", "backbones", "presets", "datasets"])
+    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    ls.set_defaults(func=cmd_list)
+
+    de = sub.add_parser("demo", help="pretrain SimCLR on scikit-learn's digits and evaluate it")
+    de.add_argument("--out", default="runs/demo", help="parent folder of the demo run")
+    de.add_argument("--steps", type=int, help="optimiser steps (default: the demo's epochs)")
+    de.add_argument("--epochs", type=int, help="epochs (default chosen for ~2 minutes on CPU)")
+    de.add_argument("--json", action="store_true", help="print one JSON object")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch (256)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``selfsup`` command; returns the exit status."""
+    import selfsup  # noqa: F401  (registers every built-in method, backbone, preset, dataset)
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return int(args.func(args))
+    except SelfsupError as e:
+        if args.debug:
+            raise
+        print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"selfsup: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (OSError, RuntimeError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"selfsup: error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

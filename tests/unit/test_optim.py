@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.config import OptimConfig
+from selfsup.engine.optim import LARS, build_optimizer, param_groups, resolve, scaled_lr
+from selfsup.types import ConfigError
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_decay_groups_split_by_dim() -> None:
+    m = _model()
+    groups = param_groups(m, 0.1)
+    assert [p.dim() for p in groups[0]["params"]] == [2, 2]
+    assert all(p.dim() == 1 for p in groups[1]["params"])
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    m[0].weight.requires_grad_(False)
+    assert len(param_groups(m, 0.1)[0]["params"]) == 1
+
+
+def _lars_reference(w: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: float,
+                    mom: float, wd: float, eta: float, adapt: bool):
+    """Plain transcription of LARS (You et al. 2017, Algorithm 1) with momentum."""
+    d = g + wd * w
+    if adapt:
+        wn, dn = float(w.norm()), float(d.norm())
+        trust = eta * wn / dn if wn > 0 and dn > 0 else 1.0
+        d = d * trust
+    buf = d.clone() if buf is None else buf * mom + d
+    return w - lr * buf, buf
+
+
+def test_lars_matches_reference_over_steps() -> None:
+    torch.manual_seed(0)
+    m = _model()
+    ref = {n: (p.detach().clone(), None) for n, p in m.named_parameters()}
+    opt = LARS(param_groups(m, 1e-4), lr=0.5, momentum=0.9, eta=0.001)
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        opt.zero_grad()
+        m(x).pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+        opt.step()
+        for n, p in m.named_parameters():
+            w, buf = ref[n]
+            adapt = p.dim() >= 2
+            w2, buf2 = _lars_reference(w, grads[n], buf, 0.5, 0.9, 1e-4 if adapt else 0.0,
+                                       0.001, adapt)
+            ref[n] = (w2, buf2)
+            torch.testing.assert_close(p.detach(), w2)
+            ref[n] = (p.detach().clone(), buf2)
+
+
+def test_resolve_fills_from_method_then_fallback() -> None:
+    cfg = resolve(OptimConfig(lr=0.1), {"name": "lars", "lr": 0.3, "weight_decay": 1e-6})
+    assert cfg.name == "lars" and cfg.lr == 0.1 and cfg.weight_decay == 1e-6
+    assert cfg.momentum == 0.9 and cfg.warmup_epochs is not None
+    with pytest.raises(ConfigError, match="optim.name 'adam'"):
+        resolve(OptimConfig(name="adam"), {})
+    with pytest.raises(ConfigError, match="optim.lr_scaling"):
+        resolve(OptimConfig(lr_scaling="quadratic"), {})
+    with pytest.raises(ConfigError, match="optim.accumulate"):
+        resolve(OptimConfig(accumulate=0), {})
+
+
+def test_scaled_lr() -> None:
+    c = resolve(OptimConfig(lr=0.3, lr_scaling="linear"), {})
+    assert scaled_lr(c, 512) == pytest.approx(0.6)
+    c = resolve(OptimConfig(lr=0.3, lr_scaling="sqrt"), {})
+    assert scaled_lr(c, 1024) == pytest.approx(0.6)
+    c = resolve(OptimConfig(lr=0.3, lr_scaling="none"), {})
+    assert scaled_lr(c, 1024) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "lars"])
+def test_build_optimizer_steps(name: str) -> None:
+    m = _model()
+    opt = build_optimizer(m, resolve(OptimConfig(name=name), {}), lr=0.01)
+    before = [p.detach().clone() for p in m.parameters()]
+    m(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, m.parameters()))
