@@ -1,0 +1,114 @@
+"""The command line end to end, as a user runs it (subprocesses of ``python -m selfsup``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ENV_ARGS = ["--no-progress", "--no-tensorboard"]
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True, text=True,
+                       timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def one_json(p: subprocess.CompletedProcess[str]) -> dict:
+    lines = [line for line in p.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    p = run("pretrain", "--method", "simclr", "--data", "digits", "--backbone", "small_cnn",
+            "--steps", "6", "--batch-size", "64", "--image-size", "8", "--out", str(out),
+            "--json", *ENV_ARGS, "--set", "backbone.kwargs.width=8")
+    r = one_json(p)
+    assert r["step"] == 6 and Path(r["checkpoint"]).is_file()
+    return Path(r["checkpoint"])
+
+
+def test_eval_knn_and_linear_json(ckpt: Path) -> None:
+    r = one_json(run("eval", "knn", "--checkpoint", str(ckpt), "--data", "digits", "--json"))
+    assert {"top1", "top5", "random_init_top1", "raw_pixels_top1"} <= set(r)
+    assert 0 <= r["top1"] <= 100 and r["test_size"] > 300
+    r = one_json(run("eval", "linear", "--checkpoint", str(ckpt), "--json", "--no-baselines"))
+    assert "top1" in r and "random_init_top1" not in r
+    text = run("eval", "knn", "--checkpoint", str(ckpt)).stdout
+    assert "random init" in text and "raw pixels" in text
+
+
+def test_embed_and_export(ckpt: Path, tmp_path: Path) -> None:
+    r = one_json(run("embed", "--checkpoint", str(ckpt), "--data", "digits",
+                     "--out", str(tmp_path / "e.npy"), "--json"))
+    emb = np.load(tmp_path / "e.npy")
+    assert emb.shape == (1797, r["shape"][1]) and np.isfinite(emb).all()
+    r = one_json(run("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "enc.pt"),
+                     "--json"))
+    assert r["in_chans"] == 1 and r["image_size"] == 8 and r["num_features"] == emb.shape[1]
+    from selfsup.engine.export import load_encoder
+
+    enc, meta = load_encoder(tmp_path / "enc.pt")
+    ts = torch.jit.load(str(tmp_path / "enc.ts"))
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(enc(x), ts(x), rtol=1e-4, atol=1e-5)
+    raw = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert meta["normalization"](raw).shape == (3, 1, 8, 8)
+
+
+def test_list_and_help() -> None:
+    r = one_json(run("list", "methods", "--json"))
+    assert "simclr" in [m["name"] for m in r["methods"]]
+    assert "Chen" in run("list", "methods").stdout
+    for what in ("backbones", "presets", "datasets"):
+        assert run("list", what).stdout.strip()
+    for cmd in ("pretrain", "eval", "embed", "export", "list", "demo"):
+        assert "usage" in run(cmd, "--help").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "--method", "simclrr", "--data", "digits"], "unknown method 'simclrr'"),
+    (["pretrain", "--backbone", "resnet99", "--data", "digits"], "unknown backbone 'resnet99'"),
+    (["pretrain", "--data", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["pretrain", "--data", "digits", "--set", "train.epoch=3"], "unknown option 'train.epoch'"),
+    (["eval", "knn", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+])
+def test_errors_are_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
+    p = run(*args, "--out", str(tmp_path / "x"), ok=False) if args[0] == "pretrain" else \
+        run(*args, ok=False)
+    assert p.returncode == 2
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_empty_folder_and_other_method_checkpoint(tmp_path: Path, ckpt: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    p = run("pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), ok=False)
+    assert p.returncode == 2 and "empty" in p.stderr and "Traceback" not in p.stderr
+    p = run("pretrain", "--method", "simclr", "--data", "digits", "--resume", "--out",
+            str(ckpt.parent), "--backbone", "resnet18", ok=False)
+    assert p.returncode == 2 and "backbone 'small_cnn'" in p.stderr
+
+
+def test_python_api(tmp_path: Path) -> None:
+    import selfsup
+
+    m = selfsup.create_method("simclr", "small_cnn", in_chans=1, image_size=8, temperature=0.2)
+    assert m.cfg.temperature == 0.2
+    res = selfsup.pretrain("simclr", data="digits", backbone="small_cnn", steps=2,
+                           batch_size=64, out=str(tmp_path / "api"),
+                           overrides=["data.image_size=8", "train.progress=false",
+                                      "train.tensorboard=false"])
+    r = selfsup.evaluate(res.checkpoint, which=("knn",))
+    assert set(r["rows"]) == {"pretrained", "random init", "raw pixels"}
