@@ -10,7 +10,6 @@ stops at once and keeps the last good checkpoint.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from selfsup.data.datasets import make_loader
 from selfsup.engine import checkpoint
 from selfsup.engine.optim import build_optimizer, resolve, scaled_lr
 from selfsup.engine.runs import Parts, build_parts, pick_device, preprocessor
-from selfsup.eval.collapse import effective_rank, embedding_std
+from selfsup.eval.collapse import collapse_report
 from selfsup.eval.knn import OnlineKNN
 from selfsup.types import Batch, CheckpointError, DataError, NonFiniteLossError
 from selfsup.utils import dist
@@ -34,7 +33,8 @@ from selfsup.utils.log import MetricsWriter, logger
 from selfsup.utils.schedules import warmup_cosine
 from selfsup.utils.seed import rng_state, seed_everything, set_rng_state
 
-COLLAPSE_STD_RATIO = 0.1  # warn when std(normalised z) * sqrt(d) falls below this (SimSiam 4.1)
+
+MONITOR_BANK = 10_000  # training images used as the online kNN monitor's memory bank
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,7 +66,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.set = False
-        self._old: dict[int, Any] = {}
+        self._old: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.set:
@@ -187,8 +187,10 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         save_yaml(cfg, out / "config.yaml")
     monitor = None
     if cfg.train.monitor_every > 0 and parts.val is not None and parts.val.has_labels:
-        monitor = OnlineKNN(parts.train, parts.val, preprocessor(parts.norm, parts.image_size),
-                            device=device)
+        # a labeled memory bank of at most MONITOR_BANK training images keeps each check cheap
+        labeled = torch.nonzero(parts.train.labels >= 0).flatten()[:MONITOR_BANK]
+        monitor = OnlineKNN(parts.train.subset(labeled), parts.val,
+                            preprocessor(parts.norm, parts.image_size), device=device)
 
     def save() -> None:
         if not main:
@@ -279,8 +281,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                         writer.write(step, {"monitor_knn_top1": acc["top1"]})
                     logger.info("epoch %d: online kNN top-1 %.2f%%", step // steps_per_epoch,
                                 acc["top1"])
-                if step % cfg.train.ckpt_every == 0 or step == total or stop.set \
-                        or step == stop_at:
+                if step % cfg.train.ckpt_every == 0 or step in (total, stop_at) or stop.set:
                     save()
                 if stop.set:
                     bar.close()
@@ -310,11 +311,10 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _collapse(z: torch.Tensor, step: int) -> dict[str, float]:
-    z = z.detach().float()
-    std = embedding_std(z)
-    ratio = std * math.sqrt(z.shape[1])
-    rank = effective_rank(z)
-    if ratio < COLLAPSE_STD_RATIO:
-        logger.warning("step %d: embeddings look collapsed (std ratio %.3f < %.2f, effective "
-                       "rank %.1f)", step, ratio, COLLAPSE_STD_RATIO, rank)
-    return {"embedding_std": std, "std_ratio": ratio, "effective_rank": rank}
+    """Collapse metrics of ``z`` (see :func:`selfsup.eval.collapse.collapse_report`), with a
+    warning when the std ratio or the effective rank says the embeddings collapsed."""
+    r = collapse_report(z.detach().float())
+    if r["collapsed"]:
+        logger.warning("step %d: embeddings look collapsed (std ratio %.3f, effective rank %.2f)",
+                       step, r["std_ratio"], r["effective_rank"])
+    return {k: float(r[k]) for k in ("embedding_std", "std_ratio", "effective_rank")}

@@ -9,7 +9,7 @@ and ``on_step_end(step, total)`` right after ``optimizer.step()``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from torch import nn
 
@@ -70,7 +70,7 @@ def build_method(name: str, backbone: nn.Module, **overrides: Any) -> Method:
     if not dataclasses.is_dataclass(cfg_cls):
         raise ConfigError(f"method '{name}' has no Config dataclass")
     clean = {k: v for k, v in overrides.items() if v is not None}
-    cfg = from_dict(cfg_cls, clean, where="method_args")
+    cfg: Any = from_dict(cast(type, cfg_cls), clean, where="method_args")
     method = cls(backbone, cfg)
     assert isinstance(method, Method)
     return method

@@ -1,0 +1,109 @@
+"""SimCLR: contrastive learning of two augmented views with in-batch negatives.
+
+Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations".
+Two views ``x1, x2`` of each image go through the backbone ``f`` (``h = f(x)``, sec. 2.1) and the
+MLP projector ``g`` (``z = g(h)``); the NT-Xent loss (eq. 1) pulls the two views of an image
+together and pushes away the other ``2N - 2`` views of the (global) batch. ``h`` is the
+representation that is evaluated; ``g`` is discarded after pretraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from selfsup.losses.contrastive import NTXentLoss
+from selfsup.methods.base import Method
+from selfsup.nn.heads import mlp
+from selfsup.registry import register
+from selfsup.types import Batch, ConfigError, DataError, StepOutput
+
+
+@dataclass
+class SimCLRConfig:
+    """SimCLR hyper-parameters; defaults are the paper's (``selfsup.methods.simclr.Config``)."""
+
+    temperature: float = 0.5  # NT-Xent t: CIFAR-10 setting (B.9); ImageNet: 0.1 at B=4096 (Tab. 5)
+    proj_hidden_dim: int = 2048  # hidden width of g (sec. 2.1: ResNet-50's 2048 features)
+    proj_out_dim: int = 128  # output size of g, where the loss is taken (sec. 4.2, Figure 8)
+    proj_layers: int = 2  # linear layers in g: 2 = SimCLR (sec. 2.1); 3 = SimCLRv2 (Chen 2020b)
+
+
+Config = SimCLRConfig
+
+
+@register(
+    "method",
+    "simclr",
+    description="contrastive learning with NT-Xent over in-batch negatives",
+    reference="Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual "
+    "Representations",
+)
+class SimCLR(Method):
+    """SimCLR around any backbone with a ``num_features`` attribute.
+
+    Attributes:
+        backbone: the encoder ``f`` (evaluated and exported).
+        projector: the MLP ``g`` ``[B, num_features] -> [B, proj_out_dim]``: Linear-BN-ReLU hidden
+            layers and a final Linear-BN, as in SimCLR's code (its final BN has a scale but no
+            shift; here the final BN is fully affine).
+        criterion: :class:`~selfsup.losses.contrastive.NTXentLoss` gathering negatives over ranks.
+
+    Raises:
+        ConfigError: if the backbone has no ``num_features`` or a Config value is invalid.
+    """
+
+    Config: ClassVar[type] = SimCLRConfig
+    default_views: ClassVar[str] = "simclr"
+    # SimCLR sec. 2.3 / appendix B.1: LARS, lr = 0.3 x B / 256, weight decay 1e-6, momentum 0.9,
+    # 10 warm-up epochs, then cosine decay to 0.
+    default_optim: ClassVar[dict[str, Any]] = {
+        "name": "lars",
+        "lr": 0.3,
+        "lr_scaling": "linear",
+        "weight_decay": 1e-6,
+        "momentum": 0.9,
+        "warmup_epochs": 10,
+        "min_lr_ratio": 0.0,
+    }
+
+    def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
+        super().__init__(backbone, cfg)
+        num_features = getattr(backbone, "num_features", None)
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ConfigError("simclr: the backbone must have a positive integer 'num_features'")
+        for key in ("proj_hidden_dim", "proj_out_dim", "proj_layers"):
+            if getattr(cfg, key) < 1:
+                raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
+        if not cfg.temperature > 0:
+            raise ConfigError(f"method_args.temperature must be > 0, got {cfg.temperature}")
+        dims = [num_features] + [cfg.proj_hidden_dim] * (cfg.proj_layers - 1) + [cfg.proj_out_dim]
+        self.projector = mlp(dims, batch_norm=True, last_bn=True)
+        self.criterion = NTXentLoss(cfg.temperature, gather=True)
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        """NT-Xent between the projections of ``batch.views[0]`` and ``batch.views[1]``.
+
+        Both views (``[B, C, H, W]`` each) go through the backbone as one ``[2B, C, H, W]`` batch
+        (one forward instead of two). Further views, if any, are not used.
+
+        Raises:
+            DataError: if there are fewer than two views or the first two differ in shape.
+        """
+        if len(batch.views) < 2:
+            raise DataError(f"simclr needs 2 views per image, got {len(batch.views)}")
+        x1, x2 = batch.views[0], batch.views[1]
+        if x1.shape != x2.shape:
+            raise DataError(
+                f"simclr needs two views of the same shape, got {tuple(x1.shape)} and "
+                f"{tuple(x2.shape)}"
+            )
+        b = x1.shape[0]
+        h = self.backbone(torch.cat([x1, x2], dim=0))  # [2B, num_features]
+        z = self.projector(h)  # [2B, proj_out_dim]
+        z1, z2 = z[:b], z[b:]
+        loss = self.criterion(z1, z2)
+        return StepOutput(loss=loss, logs={}, embeddings=z1.detach())

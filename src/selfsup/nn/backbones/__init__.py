@@ -1,0 +1,69 @@
+"""Encoders mapping ``[B, in_chans, H, W]`` images to pooled ``[B, num_features]`` features.
+
+Every registered backbone is a factory ``(in_chans: int = 3, image_size: int = 224, **options)
+-> nn.Module`` whose module carries the attributes ``num_features``, ``in_chans`` and
+``image_size``. Built-ins (`selfsup list backbones`): ``resnet18/34/50`` (torchvision),
+``vit_tiny/small/base`` (timm) and ``small_cnn`` (a lean CNN for tests and CPU runs). Weights are
+always randomly initialised; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from selfsup import registry
+from selfsup.nn.backbones import resnet, small_cnn, vit  # noqa: F401  (registers the backbones)
+from selfsup.types import ConfigError
+
+__all__ = ["create_backbone", "list_backbones"]
+
+
+def list_backbones() -> list[str]:
+    """Sorted names of the registered backbones."""
+    return registry.list_names("backbone")
+
+
+def create_backbone(name: str, in_chans: int = 3, image_size: int = 224, **kw: Any) -> nn.Module:
+    """Build registered backbone ``name`` with random weights.
+
+    ``None`` options are dropped so the backbone's own default applies (timm's ``create_model``
+    convention: an unset CLI option never overrides the model's default).
+
+    Args:
+        name: registry name, e.g. ``"resnet18"``, ``"vit_small"``, ``"small_cnn"``.
+        in_chans: number of input channels (any positive number: 1 for MNIST, 13 for Sentinel-2).
+        image_size: side length of the (square) input images in pixels.
+        **kw: backbone options, e.g. ``cifar_stem`` (ResNet), ``patch_size`` (ViT), ``width``.
+
+    Returns:
+        An ``nn.Module`` with ``num_features``, ``in_chans`` and ``image_size`` attributes whose
+        forward maps ``[B, in_chans, image_size, image_size]`` to ``[B, num_features]``.
+
+    Raises:
+        UnknownNameError: for an unknown ``name`` (the message lists the valid names).
+        ConfigError: for a non-positive ``in_chans``/``image_size``, an option the backbone does
+            not have, or an invalid combination (e.g. a patch size not dividing the image size).
+    """
+    entry = registry.get("backbone", name)
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ConfigError(
+            f"backbone '{name}': in_chans must be a positive integer, got {in_chans!r}"
+        )
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(
+            f"backbone '{name}': image_size must be a positive integer, got {image_size!r}"
+        )
+    options = {k: v for k, v in kw.items() if v is not None}
+    params = inspect.signature(entry.obj).parameters
+    valid = sorted(p for p in params if p not in ("in_chans", "image_size"))
+    for key in options:
+        if key not in params:
+            raise ConfigError(
+                f"backbone '{name}' has no option '{key}'; valid options: {', '.join(valid)}"
+            )
+    model = registry.create("backbone", name, in_chans=in_chans, image_size=image_size, **options)
+    assert isinstance(model, nn.Module)
+    return model
