@@ -1,0 +1,58 @@
+"""Exponential-moving-average (momentum) copies of a network: MoCo's key encoder (He et al. 2020,
+eq. 2: ``theta_k <- m theta_k + (1 - m) theta_q``), BYOL's target network (Grill et al. 2020,
+eq. 1 area: ``xi <- tau xi + (1 - tau) theta``) and DINO's teacher.
+
+The copy is a submodule of the method, so it lands in ``state_dict()`` with no bookkeeping; its
+parameters never require gradients. The student is passed to :meth:`EMA.update` rather than stored,
+so it is not registered twice.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.types import ConfigError
+
+
+class EMA(nn.Module):
+    """A frozen copy of ``student`` updated by :meth:`update` with momentum ``m``.
+
+    Buffers (e.g. BatchNorm running statistics) are copied from the student at every update, as
+    in MoCo's and BYOL's reference code.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(student)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
+        out = self.module(*args, **kwargs)
+        assert isinstance(out, Tensor)
+        return out
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, momentum: float) -> None:
+        """``teacher <- momentum * teacher + (1 - momentum) * student`` for every parameter.
+
+        Raises:
+            ConfigError: if ``momentum`` is outside [0, 1].
+            ValueError: if ``student`` does not have the teacher's structure.
+        """
+        if not 0.0 <= momentum <= 1.0:
+            raise ConfigError(f"EMA momentum must be in [0, 1], got {momentum}")
+        tp, sp = list(self.module.parameters()), list(student.parameters())
+        if len(tp) != len(sp):
+            raise ValueError("EMA.update: the student does not match the teacher's structure")
+        torch._foreach_lerp_(tp, [p.detach() for p in sp], 1.0 - momentum)
+        for tb, sb in zip(self.module.buffers(), student.buffers()):
+            tb.copy_(sb)
+
+    def train(self, mode: bool = True) -> EMA:
+        """The teacher's BatchNorm follows the method's mode (batch statistics while training,
+        as in BYOL/MoCo v3); its parameters stay frozen either way."""
+        return super().train(mode)
