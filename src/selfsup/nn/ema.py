@@ -45,7 +45,8 @@ class EMA(nn.Module):
         """
         if not 0.0 <= momentum <= 1.0:
             raise ConfigError(f"EMA momentum must be in [0, 1], got {momentum}")
-        tp, sp = list(self.module.parameters()), list(student.parameters())
+        tp: list[Tensor] = list(self.module.parameters())
+        sp: list[Tensor] = list(student.parameters())
         if len(tp) != len(sp):
             raise ValueError("EMA.update: the student does not match the teacher's structure")
         torch._foreach_lerp_(tp, [p.detach() for p in sp], 1.0 - momentum)
