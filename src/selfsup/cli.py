@@ -28,8 +28,12 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.engine.trainer import pretrain
 
+    from selfsup.utils import dist
+
     cfg = config_from_args(args)
     res = pretrain(cfg, resume=args.resume)
+    if not dist.is_main():
+        return 0  # under torchrun only rank 0 reports
     obj = {"run_dir": str(res.run_dir), "checkpoint": str(res.checkpoint), "step": res.step,
            "total_steps": res.total_steps, "final_loss": res.final_loss,
            "images_per_s": res.images_per_s, "peak_memory_mb": res.peak_memory_mb,

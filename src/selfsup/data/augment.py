@@ -276,21 +276,32 @@ def _jitter_(x: Tensor, strengths: dict[str, float], p: float,
              generator: torch.Generator | None) -> Tensor:
     n, dev = x.shape[0], x.device
     on = _rand(n, dev, generator) < p if p < 1 else None
-    factors: dict[str, Tensor] = {}
+    factors = {}
     for name, v in strengths.items():
-        low, high, identity = (-v, v, 0.0) if name == "hue" else (max(0.0, 1 - v), 1 + v, 1.0)
-        f = _uniform(n, low, high, dev, generator)
-        factors[name] = f if on is None else torch.where(on, f, identity)
+        low, high = (-v, v) if name == "hue" else (max(0.0, 1 - v), 1 + v)
+        factors[name] = _uniform(n, low, high, dev, generator)
     cpu_gen = generator if generator is not None and generator.device.type == "cpu" else None
-    for i in torch.randperm(4, generator=cpu_gen).tolist():
-        name = _JITTER[i]
-        if name not in factors:
-            continue
-        if name == "hue":  # HSV round trip is exact only up to rounding: keep unselected exact
-            hued = adjust_hue(x, factors[name])
+    order = [_JITTER[i] for i in torch.randperm(4, generator=cpu_gen).tolist()]
+    order = [name for name in order if name in factors]
+    if on is not None and dev.type == "cpu":  # gather the selected samples (measured faster)
+        idx = on.nonzero().squeeze(1)
+        sub = x.index_select(0, idx)
+        sub = _jitter_apply(sub, {k: f.index_select(0, idx) for k, f in factors.items()}, order)
+        return x.index_copy_(0, idx, sub)
+    return _jitter_apply(x, factors, order, on)
+
+
+def _jitter_apply(x: Tensor, factors: dict[str, Tensor], order: list[str],
+                  on: Tensor | None = None) -> Tensor:
+    """Apply the jitter ops in ``order``; samples where ``on`` is False get identity factors."""
+    ops = {"brightness": _brightness_, "contrast": _contrast_, "saturation": _saturation_}
+    for name in order:
+        f = factors[name]
+        if name == "hue":  # the HSV round trip is exact only up to rounding: blend by ``on``
+            hued = adjust_hue(x, f)
             x = hued if on is None else x.lerp_(hued, _col(on, x))
         else:
-            x = (_brightness_, _contrast_, _saturation_)[i](x, factors[name])
+            x = ops[name](x, f if on is None else torch.where(on, f, 1.0))
     return x
 
 
@@ -306,9 +317,10 @@ def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: floa
     """Random colour jitter (torchvision ``RandomApply(ColorJitter(b, c, s, h), p)``) per sample.
 
     A selected sample draws brightness, contrast and saturation factors from
-    ``U(max(0, 1 - v), 1 + v)`` and a hue shift from ``U(-hue, hue)``; an unselected sample gets
-    the identity factors (1, 1, 1, 0) and is returned unchanged, so every op runs once over the
-    whole batch without gathering. The four ops run in a random order drawn once per call (per
+    ``U(max(0, 1 - v), 1 + v)`` and a hue shift from ``U(-hue, hue)``; an unselected sample is
+    returned unchanged. On the CPU the selected samples are gathered and jittered; on an
+    accelerator every op runs over the whole batch with identity factors for the unselected
+    samples, which needs no host sync. The four ops run in a random order drawn once per call (per
     batch, not per sample as in torchvision; each sample's marginal distribution is the same),
     from the CPU generator (or ``generator`` if it is a CPU one) so that no device sync is
     needed. Saturation and hue need RGB; for other channel counts only brightness and (per-band)

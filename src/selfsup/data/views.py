@@ -192,7 +192,7 @@ def simclr_views(image_size: int) -> list[ViewConfig]:
 
     Crop scale (0.08, 1), flip 0.5, colour jitter (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale 0.2,
     Gaussian blur p 0.5. Scaling rule: views have the image's size; for images <= 64 px blur is
-    off and the crop scale stays (0.08, 1), as in the paper's CIFAR-10 experiments (B.9). Blur
+    off and the crop scale stays (0.08, 1), as in the paper's CIFAR-10 experiments. Blur
     kernel = 10% of the view side (odd, >= 3); sigma U(0.1, 2.0) * size / 224 pixels (applied by
     :class:`~selfsup.data.augment.Augment`).
     """
@@ -200,18 +200,13 @@ def simclr_views(image_size: int) -> list[ViewConfig]:
     return [ViewConfig(n=2, size=image_size, blur_p=blur)]
 
 
+# BYOL table 6 colour settings, shared by BYOL's views and all DINO crops.
+_BYOL_COLOR: dict[str, Any] = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+                                   jitter_p=0.8, grayscale_p=0.2)  # fmt: skip
+
+
 def _byol_pair(image_size: int, scale: tuple[float, float]) -> list[ViewConfig]:
-    common: dict[str, Any] = dict(
-        n=1,
-        size=image_size,
-        scale=scale,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.2,
-        hue=0.1,
-        jitter_p=0.8,
-        grayscale_p=0.2,
-    )
+    common: dict[str, Any] = dict(n=1, size=image_size, scale=scale, **_BYOL_COLOR)
     return [
         ViewConfig(**common, blur_p=1.0, solarize_p=0.0),
         ViewConfig(**common, blur_p=0.1, solarize_p=0.2),
@@ -257,17 +252,6 @@ def dino_views(image_size: int) -> list[ViewConfig]:
     k = image_size / local
     return [
         *_byol_pair(image_size, (0.4, 1.0)),
-        ViewConfig(
-            n=6,
-            size=local,
-            scale=(0.05, 0.4),
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.2,
-            hue=0.1,
-            jitter_p=0.8,
-            grayscale_p=0.2,
-            blur_p=0.5,
-            blur_sigma=(0.1 * k, 2.0 * k),
-        ),
+        ViewConfig(n=6, size=local, scale=(0.05, 0.4), **_BYOL_COLOR, blur_p=0.5,
+                   blur_sigma=(0.1 * k, 2.0 * k)),
     ]

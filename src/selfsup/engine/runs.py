@@ -3,6 +3,7 @@ of checkpoints: shared by the trainer, the evaluation commands and export."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +83,12 @@ def build_parts(cfg: RunConfig) -> Parts:
         raise DataError(f"dataset '{cfg.data.path}' has no images")
     size = image_size_of(cfg, train)
     norm = normalization_from(cfg, train)
-    method = build_method(cfg.method, backbone_from(cfg, train.channels, size), **cfg.method_args)
+    method_args = dict(cfg.method_args)
+    method_cls = registry.get("method", cfg.method).obj
+    if "num_samples" in {f.name for f in dataclasses.fields(method_cls.Config)}:
+        # memory banks are sized by the dataset (InstDisc, CMC); dataset indices are global
+        method_args.setdefault("num_samples", len(train))
+    method = build_method(cfg.method, backbone_from(cfg, train.channels, size), **method_args)
     preset = cfg.views or type(method).default_views
     views = MultiView(get_preset(preset, size, **cfg.view_args), train.channels, norm.mean, norm.std)
     data = replace(cfg.data, image_size=size, low=norm.low, high=norm.high, mean=norm.mean,

@@ -33,7 +33,6 @@ from selfsup.utils.log import MetricsWriter, logger
 from selfsup.utils.schedules import warmup_cosine
 from selfsup.utils.seed import rng_state, seed_everything, set_rng_state
 
-
 MONITOR_BANK = 10_000  # training images used as the online kNN monitor's memory bank
 
 
