@@ -14,6 +14,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from selfsup.config import ViewConfig
 from selfsup.data import augment as A
+from selfsup.data import color as C
 from selfsup.types import ConfigError, DataError
 
 SHARED = Path("/work/shared/data")
@@ -345,11 +346,11 @@ def test_jitter_accelerator_path_equals_cpu_gather_path(rgb: torch.Tensor) -> No
     factors = {"brightness": torch.rand(n) + 0.5, "contrast": torch.rand(n) + 0.5,
                "saturation": torch.rand(n) + 0.5, "hue": torch.rand(n) - 0.5}  # fmt: skip
     order = ["saturation", "hue", "brightness", "contrast"]
-    masked = A._jitter_apply(rgb.clone(), factors, order, on)  # identity factors, no gather
-    gathered = A._jitter_apply(rgb[on].clone(), {k: f[on] for k, f in factors.items()}, order)
+    masked = C._jitter_apply(rgb.clone(), factors, order, on)  # identity factors, no gather
+    gathered = C._jitter_apply(rgb[on].clone(), {k: f[on] for k, f in factors.items()}, order)
     assert torch.equal(masked[~on], rgb[~on])
     torch.testing.assert_close(masked[on], gathered, atol=1e-6, rtol=0)
-    one = A._jitter_apply(rgb[:1].clone(), {k: f[:1] for k, f in factors.items()}, order)
+    one = C._jitter_apply(rgb[:1].clone(), {k: f[:1] for k, f in factors.items()}, order)
     ref = rgb[:1]
     for name in order:  # the same op sequence through torchvision's kernels
         fn = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
