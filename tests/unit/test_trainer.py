@@ -107,3 +107,13 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_run) -> None:
     res = pretrain(cfg)
     assert res.step == 3
     assert checkpoint.load(res.checkpoint)["config"]["optim"]["accumulate"] == 2
+
+
+def test_online_knn_monitor_logs_accuracy(tiny_run) -> None:
+    cfg = tiny_run("m", steps=40, batch=64)  # ~17 steps per epoch: two monitor checks
+    cfg = replace(cfg, data=replace(cfg.data, val_fraction=0.2),
+                  train=replace(cfg.train, monitor_every=1))
+    res = pretrain(cfg)
+    recs = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    accs = [r["monitor_knn_top1"] for r in recs if "monitor_knn_top1" in r]
+    assert len(accs) >= 2 and all(0 <= a <= 100 for a in accs)

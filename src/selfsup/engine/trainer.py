@@ -102,9 +102,10 @@ def _resume_config(cfg: RunConfig, path: Path) -> tuple[RunConfig, dict[str, Any
         if a != b:
             raise CheckpointError(f"cannot resume '{path}': it was trained with {what} '{a}', "
                                   f"but this run asks for '{b}'")
-    # the run continues as saved; only the step budget and logging may change
-    train = replace(saved.train, steps=cfg.train.steps, epochs=cfg.train.epochs,
-                    progress=cfg.train.progress, out=cfg.train.out)
+    # the run continues exactly as saved (same step budget and schedules); only where it lives
+    # and how it reports may change
+    train = replace(saved.train, progress=cfg.train.progress, out=cfg.train.out,
+                    tensorboard=cfg.train.tensorboard)
     return replace(saved, train=train), payload
 
 
