@@ -115,6 +115,7 @@ class TrainConfig:
     collapse_every: int = 50  # collapse metrics every N steps (0 = off)
     progress: bool = True  # tqdm progress bar
     compile: bool = False  # torch.compile the method (GPU)
+    channels_last: bool = True  # NHWC memory format for convolutions (oneDNN on CPU, cuDNN on GPU)
     tensorboard: bool = True  # also write TensorBoard event files
 
 

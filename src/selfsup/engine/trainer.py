@@ -146,6 +146,8 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     cfg, method, views = parts.cfg, parts.method, parts.views
     method.to(device)
     views.to(device)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    method.to(memory_format=fmt)  # type: ignore[call-overload]
 
     B, accum, world = cfg.train.batch_size, cfg.optim.accumulate, dist.world_size()
     loader = make_loader(parts.train, B, shuffle=True, drop_last=True, seed=cfg.train.seed,
@@ -228,6 +230,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                 x = x.to(device, non_blocking=True)
                 with torch.no_grad():
                     v, boxes = views(parts.norm.to_unit(x))
+                    v = [t.contiguous(memory_format=fmt) for t in v]
                 batch = Batch(views=v, index=idx.to(device), labels=y.to(device), boxes=boxes)
                 sync = contextlib.nullcontext()
                 if world > 1 and micro < accum - 1:
