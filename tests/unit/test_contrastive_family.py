@@ -281,7 +281,7 @@ def test_flat_nce_value_and_gradient_direction(t: float, k: int) -> None:
         if neg is not None:
             extra = torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(neg).T
             full = torch.cat([full, extra], dim=1)
-        q_pos = torch.softmax(full / t, dim=1)[pos]
+        q_pos = torch.softmax(full / t, dim=1)[:, : pos.shape[1]][pos]
     torch.testing.assert_close(g_info, (1 - q_pos)[:, None] * g_flat, rtol=1e-8, atol=1e-12)
 
 
@@ -389,9 +389,60 @@ def test_gather_equals_one_process_with_the_whole_batch(tmp_path: Path) -> None:
         "info": info_nce(z, z, pos, 0.3, self_mask=self_mask),
         "debiased": debiased_info_nce(z, z, pos, 0.3, self_mask=self_mask),
         "flat": flat_nce(z, z, pos, 0.3, self_mask=self_mask),
-        "uniform": uniformity_loss(z),
         "nt_xent": nt_xent(z1, z2, 0.3),
     }
     for key, value in whole.items():
         mean = sum(r[key] for r in ranks) / WORLD  # each rank averages over its own anchors
         assert mean == pytest.approx(value.item(), rel=1e-10), key
+    # uniformity: each rank's log-mean over (its rows, every other row of the global batch)
+    sq = torch.cdist(torch.nn.functional.normalize(z, dim=1),
+                     torch.nn.functional.normalize(z, dim=1)).pow(2)
+    for r in range(WORLD):
+        block = slice(r * 2 * B, (r + 1) * 2 * B)
+        kernel = torch.exp(-2.0 * sq[block]).masked_fill(self_mask[block], 0.0)
+        expected = torch.log(kernel.sum() / (2 * B * (2 * B * WORLD - 1)))
+        assert ranks[r]["uniform"] == pytest.approx(expected.item(), rel=1e-10)
+
+
+# ------------------------------------------------------------------ SimCLR v2
+
+
+def _simclr_v2(**kw):
+    from selfsup.methods.base import build_method
+    from selfsup.nn.backbones import create_backbone
+
+    torch.manual_seed(0)
+    return build_method("simclr_v2", create_backbone("small_cnn", 1, 16, width=4), **kw)
+
+
+def test_simclr_v2_defaults_loss_and_middle_layer_encoder() -> None:
+    m = _simclr_v2()
+    assert m.cfg.temperature == 0.1 and m.criterion.temperature == 0.1
+    assert sum(isinstance(x, torch.nn.Linear) for x in m.projector) == 3
+    assert m.projector[0].out_features == 2048 and m.projector[-2].out_features == 128
+    assert type(m).default_optim["lr"] == 1.6 and type(m).default_optim["lr_scaling"] == "sqrt"
+    small = _simclr_v2(proj_hidden_dim=24, proj_out_dim=8)
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(2, 6, 1, 16, 16, generator=g)
+    from selfsup.types import Batch
+
+    small.train().training_step(Batch(views=[x1, x2], index=torch.arange(6)))
+    small.eval()
+    with torch.no_grad():
+        out = small.training_step(Batch(views=[x1, x2], index=torch.arange(6)))
+        z1, z2 = small.projector(small.backbone(x1)), small.projector(small.backbone(x2))
+        torch.testing.assert_close(out.loss, nt_xent(z1, z2, 0.1))
+        enc = small.encoder_with_head()  # sec. 2.1: backbone + first head layer
+        h = small.backbone(x1)
+        expected = torch.relu(small.projector[1](small.projector[0](h)))
+        torch.testing.assert_close(enc(x1), expected)
+        assert enc.num_features == 24 and enc.in_chans == 1
+        torch.testing.assert_close(small.encoder_with_head(0)(x1), h)
+        assert small.encoder_with_head(2)(x1).shape == (6, 24)
+        small.projector[0].weight.mul_(2.0)  # parameters are shared, not copied
+        assert not torch.allclose(enc(x1), expected)
+    assert small.encoder() is small.backbone
+    with pytest.raises(ConfigError, match="head layers"):
+        small.encoder_with_head(3)
+    with pytest.raises(ConfigError, match="finetune_layers"):
+        _simclr_v2(finetune_layers=3)

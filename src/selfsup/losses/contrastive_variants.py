@@ -244,7 +244,9 @@ def uniformity_loss(
     """Uniformity loss ``L_uniform = log E_{x != y} exp(-t ||f(x) - f(y)||_2^2)`` (Wang & Isola
     2020, sec. 4.1, eq. 3) over distinct pairs of ``z`` ``[B, D]`` (``B >= 2``).
 
-    With ``gather`` the pairs are (local row, any other row of the gathered batch). Squared
+    With ``gather`` the pairs are (local row, any other row of the gathered batch), so each rank
+    returns the log-mean over its own rows (the log is outside the mean: the average over ranks
+    is close to, not exactly, the global-batch value). Squared
     distances come from dot products (no square root), so coincident rows have finite gradients.
 
     Raises:
