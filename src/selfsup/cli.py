@@ -27,7 +27,6 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from selfsup.engine.trainer import pretrain
-
     from selfsup.utils import dist
 
     cfg = config_from_args(args)

@@ -168,8 +168,10 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model: torch.nn.Module = method
     if world > 1:
+        # buffers (memory banks, queues, EMA statistics) are kept in sync by the methods'
+        # own collectives; broadcasting them from rank 0 at every forward would cost N x D copies
         model = DistributedDataParallel(method, device_ids=[device] if device.type == "cuda"
-                                        else None)
+                                        else None, broadcast_buffers=False)
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
