@@ -36,6 +36,18 @@ class Method(nn.Module):
         self.backbone = backbone
         self.cfg = cfg
 
+    def feature_dim(self) -> int:
+        """The backbone's ``num_features``, checked.
+
+        Raises:
+            ConfigError: if the backbone has no positive integer ``num_features``.
+        """
+        n = getattr(self.backbone, "num_features", None)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"{self.name}: the backbone must have a positive integer "
+                              "'num_features'")
+        return n
+
     @property
     def name(self) -> str:
         return str(getattr(type(self), "registry_name", type(self).__name__.lower()))

@@ -82,9 +82,7 @@ class BYOL(Method):
 
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig) -> None:
         super().__init__(backbone, cfg)
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError("byol: the backbone must have a positive integer 'num_features'")
+        num_features = self.feature_dim()
         for key in ("proj_hidden_dim", "proj_out_dim", "pred_hidden_dim"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")

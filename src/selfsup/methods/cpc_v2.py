@@ -144,9 +144,7 @@ class CPCv2(Method):
 
     def __init__(self, backbone: nn.Module, cfg: CPCv2Config) -> None:
         super().__init__(backbone, cfg)
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError("cpc_v2: the backbone must have a positive integer 'num_features'")
+        num_features = self.feature_dim()
         if getattr(backbone, "patch_size", None) is not None:
             raise ConfigError(
                 "cpc_v2 encodes image patches, so it needs a convolutional backbone that accepts "

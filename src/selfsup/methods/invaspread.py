@@ -75,9 +75,7 @@ class InvaSpread(Method):
 
     def __init__(self, backbone: nn.Module, cfg: InvaSpreadConfig) -> None:
         super().__init__(backbone, cfg)
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError("invaspread: the backbone must have a positive integer 'num_features'")
+        num_features = self.feature_dim()
         if cfg.embed_dim < 1:
             raise ConfigError(f"method_args.embed_dim must be >= 1, got {cfg.embed_dim}")
         if not cfg.temperature > 0:

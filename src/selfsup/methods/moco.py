@@ -101,9 +101,7 @@ class _MoCo(Method):
 
     def __init__(self, backbone: nn.Module, cfg: MoCoV1Config) -> None:
         super().__init__(backbone, cfg)
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError(f"{self.name}: the backbone must have a positive 'num_features'")
+        num_features = self.feature_dim()
         checks = {
             "temperature": cfg.temperature > 0,
             "queue_size": cfg.queue_size >= 1,

@@ -90,9 +90,7 @@ class MoCoV3(Method):
 
     def __init__(self, backbone: nn.Module, cfg: MoCoV3Config) -> None:
         super().__init__(backbone, cfg)
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError("moco_v3: the backbone must have a positive integer 'num_features'")
+        num_features = self.feature_dim()
         vit = _is_vit(backbone)
         self.temperature = cfg.temperature if cfg.temperature is not None else (
             0.2 if vit else 1.0)

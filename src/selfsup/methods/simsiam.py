@@ -77,9 +77,7 @@ class SimSiam(Method):
 
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig) -> None:
         super().__init__(backbone, cfg)
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError("simsiam: the backbone must have a positive integer 'num_features'")
+        num_features = self.feature_dim()
         for key in ("proj_hidden_dim", "proj_out_dim", "proj_layers", "pred_hidden_dim"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")

@@ -81,9 +81,7 @@ class VICReg(Method):
 
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig) -> None:
         super().__init__(backbone, cfg)
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ConfigError("vicreg: the backbone must have a positive integer 'num_features'")
+        num_features = self.feature_dim()
         for key in ("proj_hidden_dim", "proj_out_dim", "proj_layers"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
