@@ -40,7 +40,7 @@ def training_table(rows: list[dict[str, Any]], knn: bool) -> list[str]:
     """One line per row: library, data path, steps, images/s, peak RSS, kNN, wall time, command."""
     head = "| library | data path | steps | images/s | peak RSS MB"
     head += " | kNN top-1 % | kNN top-5 %" if knn else ""
-    lines = [head + " | train s | command |", "|---" * (head.count("|") + 2) + "|"]
+    lines = [head + " | train s | load | command |", "|---" * (head.count("|") + 3) + "|"]
     for r in rows:
         lib = r.get("library", r.get("name", "?"))
         if "skipped" in r:
@@ -48,7 +48,7 @@ def training_table(rows: list[dict[str, Any]], knn: bool) -> list[str]:
             continue
         if "error" in r:
             err = " ".join(str(r["error"]).split()[-30:])
-            lines.append(f"| {r.get('name')} | **failed**: {err} | | | | `{r['command']}` |")
+            lines.append(f"| {r.get('name')} | **failed**: {err} | | | | | `{r['command']}` |")
             continue
         rss = _f(r.get("peak_rss_mb"), "{:.0f}")
         if r.get("peak_rss_worker_mb") and r.get("setting", {}).get("num_workers"):
@@ -56,7 +56,8 @@ def training_table(rows: list[dict[str, Any]], knn: bool) -> list[str]:
         cells = [lib, _data_path(r), str(r.get("steps", "-")), _f(r.get("images_per_s")), rss]
         if knn:
             cells += [_f(r.get("knn_top1"), "{:.2f}"), _f(r.get("knn_top5"), "{:.2f}")]
-        cells += [_f(r.get("train_seconds"), "{:.0f}"), f"`{r['command']}`"]
+        cells += [_f(r.get("train_seconds"), "{:.0f}"), _f(r.get("load_average_1min")),
+                  f"`{r['command']}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -100,7 +101,8 @@ def settings_text(rows: list[dict[str, Any]]) -> str:
             f"(0.3 x B/256), weight decay {o['weight_decay']:g}, momentum {o['momentum']:g}, "
             f"warm-up {o['warmup_epochs']:g} epochs capped at half the run, cosine to 0; "
             f"projector 2 layers {s['proj_hidden_dim']}-{s['proj_out_dim']} with BN; NT-Xent "
-            f"T={s['temperature']:g}; fp32.")
+            f"T={s['temperature']:g}; fp32; throughput windows of {s.get('log_every', 10)} "
+            "steps.")
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -130,11 +132,13 @@ def render(summary: dict[str, Any]) -> str:
         "`SimCLRProjectionHead`, `NTXentLoss`, `LARS` (decay groups from "
         "`get_weight_decay_parameters`) in a plain PyTorch loop as in its SimCLR example (one "
         "forward per view). images/s = training images per second in steady state (mean over "
-        f"{_window(summary)}-step windows after the first, data loading and augmentation "
-        "included). Both "
+        "fixed step windows after the first, data loading and augmentation included; window "
+        "size in each table's settings). Both "
         "encoders are scored by the same weighted kNN code (`selfsup.eval`: k=200, T=0.1, "
         "cosine; memory bank = training split features, scored on the test split). Peak RSS = "
-        "the training process's maximum resident set (DataLoader workers listed separately).",
+        "the training process's maximum resident set (DataLoader workers listed separately); "
+        "load = the machine's 1-minute load average when the row finished (about 2 is the "
+        "benchmark itself; more means other processes competed for the 2 cores).",
     ]
     load = max(m["load_average_1min"], end.get("load_average_1min", 0.0))
     if load > 1.5 * (m["cores"] or 1):
@@ -145,27 +149,21 @@ def render(summary: dict[str, Any]) -> str:
     rows = summary.get("rows", {})
     titles = {"mnist": "MNIST (60k train / 10k test), small CNN",
               "cifar": "CIFAR-10, ResNet-18 (CIFAR stem), training throughput"}
-    for section in ("mnist", "cifar"):
-        if section not in rows:
-            continue
-        knn = section == "mnist"
-        lines += ["", f"### {titles[section]}", "", settings_text(rows[section]), ""]
+    for section in rows:  # "mnist", "cifar" (run.py), or extra keys such as "mnist_3_epochs"
+        kind = "mnist" if section.startswith("mnist") else "cifar"
+        knn = kind == "mnist"
+        extra = section.split("_", 1)[-1].replace("_", " ")
+        title = titles.get(section, f"{titles[kind]}, {extra}")
+        lines += ["", f"### {title}", "", settings_text(rows[section]), ""]
         lines += training_table(rows[section], knn)
-        lines += [""] + comparison(section, rows[section], knn)
+        lines += [""] + comparison(kind, rows[section], knn)
+        lines += [f"- Note: {n}" for n in summary.get("notes", {}).get(section, [])]
     if "profile" in summary:
         lines += profile_lines(summary["profile"])
     if "augment" in summary:
         lines += augment_lines(summary["augment"])
     lines += ["", END]
     return "\n".join(lines) + "\n"
-
-
-def _window(summary: dict[str, Any]) -> int:
-    for rows in summary.get("rows", {}).values():
-        for r in rows:
-            if "setting" in r:
-                return int(r["setting"].get("log_every", 10))
-    return 10
 
 
 def profile_lines(p: dict[str, Any]) -> list[str]:

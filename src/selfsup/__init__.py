@@ -73,14 +73,15 @@ def create_method(name: str = "simclr", backbone: str = "resnet18", *, in_chans:
     return build_method(name, enc, **config)
 
 
-def pretrain(method: str = "simclr", data: str = "digits", *, backbone: str | None = None,
+def pretrain(method: str | None = None, data: str | None = None, *, backbone: str | None = None,
              epochs: int | None = None, steps: int | None = None,
              batch_size: int | None = None, out: str | None = None,
              config: RunConfig | None = None, overrides: Sequence[str] = (),
              resume: bool = False, **method_args: Any) -> PretrainResult:
     """Pretrain ``method`` on ``data`` (folder, array file or built-in name).
 
-    Keyword arguments not named here are method hyper-parameters (``temperature=0.2``);
+    ``method`` and ``data`` default to the ``config``'s (without a config: ``simclr`` on
+    ``digits``). Keyword arguments not named here are method hyper-parameters (``temperature=0.2``);
     ``overrides`` takes dotted ``key=value`` strings like the CLI's ``--set``. Returns the
     :class:`~selfsup.engine.trainer.PretrainResult` (``.checkpoint``, ``.method``, ...).
     """
