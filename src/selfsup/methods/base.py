@@ -48,6 +48,17 @@ class Method(nn.Module):
                               "'num_features'")
         return n
 
+    @staticmethod
+    def require_positive(cfg: Any, keys: tuple[str, ...]) -> None:
+        """Check that the integer Config fields ``keys`` are >= 1.
+
+        Raises:
+            ConfigError: naming ``method_args.<key>`` and the value found.
+        """
+        for key in keys:
+            if getattr(cfg, key) < 1:
+                raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
+
     @property
     def name(self) -> str:
         return str(getattr(type(self), "registry_name", type(self).__name__.lower()))

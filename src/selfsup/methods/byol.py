@@ -83,9 +83,7 @@ class BYOL(Method):
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig) -> None:
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
-        for key in ("proj_hidden_dim", "proj_out_dim", "pred_hidden_dim"):
-            if getattr(cfg, key) < 1:
-                raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
+        self.require_positive(cfg, ("proj_hidden_dim", "proj_out_dim", "pred_hidden_dim"))
         for key in ("momentum_base", "momentum_end"):
             if not 0.0 <= getattr(cfg, key) <= 1.0:
                 raise ConfigError(f"method_args.{key} must be in [0, 1], got {getattr(cfg, key)}")

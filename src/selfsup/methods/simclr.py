@@ -72,9 +72,7 @@ class SimCLR(Method):
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
-        for key in ("proj_hidden_dim", "proj_out_dim", "proj_layers"):
-            if getattr(cfg, key) < 1:
-                raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
+        self.require_positive(cfg, ("proj_hidden_dim", "proj_out_dim", "proj_layers"))
         if not cfg.temperature > 0:
             raise ConfigError(f"method_args.temperature must be > 0, got {cfg.temperature}")
         dims = [num_features] + [cfg.proj_hidden_dim] * (cfg.proj_layers - 1) + [cfg.proj_out_dim]

@@ -101,9 +101,7 @@ class SimCLRv2(Method):
     def __init__(self, backbone: nn.Module, cfg: SimCLRv2Config) -> None:
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
-        for key in ("proj_hidden_dim", "proj_out_dim", "proj_layers"):
-            if getattr(cfg, key) < 1:
-                raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
+        self.require_positive(cfg, ("proj_hidden_dim", "proj_out_dim", "proj_layers"))
         if not 0 <= cfg.finetune_layers < cfg.proj_layers:
             raise ConfigError(
                 f"method_args.finetune_layers must be in [0, proj_layers - 1] = "

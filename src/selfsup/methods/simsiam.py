@@ -19,7 +19,7 @@ from selfsup.losses.distillation import simsiam_loss
 from selfsup.methods.base import Method
 from selfsup.nn.heads import mlp
 from selfsup.registry import register
-from selfsup.types import Batch, ConfigError, DataError, StepOutput
+from selfsup.types import Batch, DataError, StepOutput
 
 
 @dataclass
@@ -78,9 +78,7 @@ class SimSiam(Method):
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig) -> None:
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
-        for key in ("proj_hidden_dim", "proj_out_dim", "proj_layers", "pred_hidden_dim"):
-            if getattr(cfg, key) < 1:
-                raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
+        self.require_positive(cfg, ("proj_hidden_dim", "proj_out_dim", "proj_layers", "pred_hidden_dim"))
         dims = [num_features] + [cfg.proj_hidden_dim] * (cfg.proj_layers - 1) + [cfg.proj_out_dim]
         self.projector = mlp(dims, last_bn=True, last_bn_affine=False)
         self.predictor = mlp([cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim])

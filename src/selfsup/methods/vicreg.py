@@ -82,9 +82,7 @@ class VICReg(Method):
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig) -> None:
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
-        for key in ("proj_hidden_dim", "proj_out_dim", "proj_layers"):
-            if getattr(cfg, key) < 1:
-                raise ConfigError(f"method_args.{key} must be >= 1, got {getattr(cfg, key)}")
+        self.require_positive(cfg, ("proj_hidden_dim", "proj_out_dim", "proj_layers"))
         for key in ("sim_coeff", "std_coeff", "cov_coeff", "gamma", "eps"):
             if not getattr(cfg, key) >= 0:
                 raise ConfigError(f"method_args.{key} must be >= 0, got {getattr(cfg, key)}")
