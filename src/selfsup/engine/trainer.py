@@ -175,6 +175,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
+    method.on_train_start(steps_per_epoch, total)
     step = 0
     if payload is not None:
         method.load_state_dict(payload["model"])

@@ -35,6 +35,7 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg
+        self.steps_per_epoch = 1  # set by on_train_start
 
     def feature_dim(self) -> int:
         """The backbone's ``num_features``, checked.
@@ -70,6 +71,13 @@ class Method(nn.Module):
     def forward(self, batch: Batch) -> StepOutput:
         """``training_step`` as ``forward``, so DDP's gradient hooks see the call."""
         return self.training_step(batch)
+
+    def on_train_start(self, steps_per_epoch: int, total: int) -> None:
+        """Called by the trainer once before the first step (and again on ``--resume``) with the
+        number of optimiser steps per epoch and in the whole run, for schedules the papers state in
+        epochs (frozen layers during the first epoch, teacher temperature warm-up). Stored as
+        ``self.steps_per_epoch``; outside the trainer it stays 1."""
+        self.steps_per_epoch = steps_per_epoch
 
     def on_step_end(self, step: int, total: int) -> None:
         """Update non-gradient state (EMA, queues, centers) after the optimiser step ``step``."""
