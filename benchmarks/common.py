@@ -243,6 +243,7 @@ def add_setting_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="train on the first N images only")
     p.add_argument("--eval-limit", type=int, help="kNN on the first N train/test images only")
     p.add_argument("--no-knn", action="store_true")
+    p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (0)")
     p.add_argument("--log-every", type=int, help=f"throughput window in steps ({LOG_EVERY})")
     p.add_argument("--json", help="write the row here (default: print it)")
 
@@ -251,7 +252,8 @@ def setting_from(a: argparse.Namespace) -> Setting:
     """The dataset's default setting with the command-line overrides applied."""
     changes: dict[str, Any] = {k: v for k, v in (("epochs", a.epochs), ("steps", a.steps),
                                ("batch_size", a.batch_size), ("limit", a.limit),
-                               ("log_every", a.log_every)) if v is not None}
+                               ("log_every", a.log_every), ("seed", getattr(a, "seed", None)))
+                               if v is not None}
     if a.epochs is not None and a.steps is None:
         changes["steps"] = None  # --epochs alone means whole epochs
     if a.no_knn:
