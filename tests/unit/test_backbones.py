@@ -129,3 +129,34 @@ def test_small_cnn_is_lean() -> None:
     assert wide.num_features == 128 and wide(torch.randn(2, 3, 32, 32)).shape == (2, 128)
     with pytest.raises(ConfigError, match="width"):
         create_backbone("small_cnn", width=0)
+
+
+@pytest.mark.parametrize("name, size, opts, grid", [
+    ("small_cnn", 16, {}, 2), ("small_cnn", 28, {}, 4),
+    ("resnet18", 32, {}, 4), ("resnet18", 64, {"cifar_stem": False}, 2),
+])
+def test_cnn_feature_maps_pool_to_forward(name: str, size: int, opts: dict, grid: int) -> None:
+    torch.manual_seed(0)
+    m = create_backbone(name, in_chans=1, image_size=size, **opts).eval()
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        before = m(x)
+        fmap = m.forward_features(x)
+        assert fmap.shape == (2, m.num_features, grid, grid)
+        torch.testing.assert_close(fmap.mean(dim=(2, 3)), before)
+        torch.testing.assert_close(m(x), before)  # forward unchanged by the new method
+
+
+def test_vit_feature_map_is_the_patch_token_grid() -> None:
+    torch.manual_seed(0)
+    m = create_backbone("vit_tiny", in_chans=3, image_size=32, patch_size=8,
+                        global_pool="avg").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = m.forward_tokens(x)  # [2, 1 + 16, 192], patches in row-major order
+        fmap = m.forward_features(x)
+        assert fmap.shape == (2, 192, 4, 4)
+        for i in range(4):
+            for j in range(4):
+                torch.testing.assert_close(fmap[:, :, i, j], tokens[:, 1 + 4 * i + j])
+        torch.testing.assert_close(fmap.mean(dim=(2, 3)), m(x))  # avg pooling = mean of the grid

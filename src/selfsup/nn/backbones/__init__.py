@@ -2,7 +2,8 @@
 
 Every registered backbone is a factory ``(in_chans: int = 3, image_size: int = 224, **options)
 -> nn.Module`` whose module carries the attributes ``num_features``, ``in_chans`` and
-``image_size``. Built-ins (`selfsup list backbones`): ``resnet18/34/50`` (torchvision),
+``image_size`` and a ``forward_features(x) -> [B, num_features, h, w]`` giving the spatial map
+before pooling (a ViT's patch tokens as a grid). Built-ins (`selfsup list backbones`): ``resnet18/34/50`` (torchvision),
 ``vit_tiny/small/base`` (timm) and ``small_cnn`` (a lean CNN for tests and CPU runs). Weights are
 always randomly initialised; nothing is ever downloaded.
 """

@@ -4,7 +4,8 @@ torchvision's implementation with random weights, for any number of input channe
 The module keeps torchvision's structure (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so its
 ``state_dict`` keys are the familiar ones; the classifier ``fc`` is an ``Identity`` and the forward
 returns the globally average-pooled features ``[B, 512]`` (ResNet-18/34) or ``[B, 2048]``
-(ResNet-50).
+(ResNet-50); :meth:`ResNet.forward_features` returns the last stage's map before pooling
+``[B, num_features, h, w]`` (dense methods such as PixPro work on it).
 
 The CIFAR stem (SimCLR appendix B.9: "we replace the first 7x7 Conv of stride 2 with 3x3 Conv of
 stride 1, and also remove the first max pooling operation") keeps small images from being
@@ -57,6 +58,13 @@ class ResNet(tv.ResNet):
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.num_features = 512 * block.expansion
         self.fc = nn.Identity()  # type: ignore[assignment]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, in_chans, H, W]`` -> ``layer4``'s feature map ``[B, num_features, h, w]`` (before
+        the average pool; ``h = H / 32`` with the ImageNet stem, ``H / 8`` with the CIFAR stem)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` -> pooled features ``[B, num_features]``."""

@@ -54,6 +54,11 @@ class SmallCNN(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, in_chans, H, W]`` -> the unpooled map ``[B, num_features, ceil(H/8), ceil(W/8)]``."""
+        out: Tensor = self.features(x)
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` -> globally average-pooled ``[B, num_features]``."""
         return self.features(x).mean(dim=(2, 3))

@@ -6,7 +6,8 @@ base = 768 / 12, all 12 blocks deep with MLP ratio 4. The forward returns the po
 ``[B, D]``: the CLS token after the final LayerNorm (``global_pool="token"``, as in DINO and
 MoCo v3) or the mean of the normalised patch tokens (``global_pool="avg"``).
 :meth:`ViT.forward_tokens` returns all normalised tokens ``[B, 1 + N, D]`` and can drop patches
-first (MAE's encoder runs on the visible patches only).
+first (MAE's encoder runs on the visible patches only); :meth:`ViT.forward_features` returns the
+normalised patch tokens as a map ``[B, D, h, w]`` like a CNN's (dense methods such as PixPro).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class ViT(VisionTransformer):
     Attributes:
         num_features: embedding width ``D``.
         in_chans: number of input channels.
-        image_size: input side length (inputs must have exactly this size).
+        image_size: input side length the position embeddings are laid out for; other sizes
+            are accepted (embeddings resampled to the input's grid, sides padded up to a
+            multiple of ``patch_size``), e.g. DINO's smaller local crops.
         patch_size: side length of a patch; ``image_size // patch_size`` patches per side.
         num_patches: ``N = (image_size // patch_size) ** 2``.
     """
@@ -98,6 +101,11 @@ class ViT(VisionTransformer):
             qkv_bias=True,
             fc_norm=False,  # keep the final norm on the tokens, also when average-pooling
             drop_path_rate=drop_path_rate,
+            # any input size: position embeddings are resampled (bicubic) to the input's patch
+            # grid, as DINO's interpolate_pos_encoding does for multi-crop local crops; a side
+            # that is not a multiple of the patch size is zero-padded at the bottom/right
+            dynamic_img_size=True,
+            dynamic_img_pad=True,
         )
         self.image_size = image_size
         self.patch_size = patch_size
@@ -135,6 +143,14 @@ class ViT(VisionTransformer):
             x = self.blocks(x)
         out: Tensor = self.norm(x)
         return out
+
+    def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        """``[B, in_chans, H, W]`` -> the normalised patch tokens as a map ``[B, D, h, w]``,
+        ``h = w = image_size // patch_size`` (the CLS token is dropped). Replaces timm's
+        ``forward_features`` (which returns the token sequence; use :meth:`forward_tokens`)."""
+        tokens = self.forward_tokens(x)[:, self.num_prefix_tokens:]  # [B, N, D]
+        h, w = self.patch_embed.grid_size
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         """``[B, in_chans, H, W]`` -> pooled features ``[B, num_features]``."""
