@@ -1,6 +1,10 @@
 """Batches of raw images for one process: a fast gather loop for in-memory data, a DataLoader
 for folders. Both shard one seeded per-epoch permutation over ranks and expose ``set_epoch`` and
 ``__len__`` (batches per epoch), yielding ``(images [B,C,H,W] raw, labels [B], index [B])``.
+
+``set_epoch(epoch, balance=labels)`` replaces the epoch's permutation by
+:func:`uniform_label_order` (DeepCluster's sampling uniform over pseudo-labels); the number of
+samples per epoch does not change.
 """
 
 from __future__ import annotations
@@ -24,19 +28,67 @@ if TYPE_CHECKING:
 Batch3 = tuple[Tensor, Tensor, Tensor]
 
 
+def uniform_label_order(labels: Tensor, *, seed: int) -> Tensor:
+    """``N = len(labels)`` sample indices drawn uniformly over the label classes (DeepCluster,
+    Caron et al. 2018, sec. 3.4, ``UnifLabelSampler`` of the reference code).
+
+    Each of the ``m`` non-empty classes contributes ``N // m + 1`` of its samples (without
+    replacement when it has more than that, else with replacement); the union is shuffled and
+    cut to ``N``. Samples labelled ``< 0`` are never drawn. Deterministic in ``seed``.
+
+    Args:
+        labels: ``[N]`` int64 class of every sample (``-1``: none).
+        seed: seeds the CPU generator of every draw.
+
+    Returns:
+        int64 ``[N]`` indices into ``labels``.
+
+    Raises:
+        ConfigError: if ``labels`` is not a vector with at least one labelled sample.
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    if labels.dim() != 1 or not bool((labels >= 0).any()):
+        raise ConfigError("uniform_label_order needs a [N] label vector with a label >= 0")
+    g = torch.Generator().manual_seed(seed)
+    n = labels.numel()
+    order = torch.argsort(labels, stable=True)
+    classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    keep = classes >= 0
+    starts = torch.cumsum(counts, 0) - counts
+    per = n // int(keep.sum()) + 1
+    picks = []
+    for start, count in zip(starts[keep].tolist(), counts[keep].tolist()):
+        members = order[start : start + count]
+        if count > per:
+            picks.append(members[torch.randperm(count, generator=g)[:per]])
+        else:
+            picks.append(members[torch.randint(count, (per,), generator=g)])
+    pool = torch.cat(picks)
+    return pool[torch.randperm(len(pool), generator=g)[:n]]
+
+
 def epoch_indices(n: int, *, epoch: int, seed: int, shuffle: bool, drop_last: bool,
-                  rank: int = 0, world_size: int = 1) -> Tensor:
+                  rank: int = 0, world_size: int = 1, balance: Tensor | None = None) -> Tensor:
     """The sample indices rank ``rank`` visits in ``epoch``.
 
     All ranks draw the same permutation (``torch.Generator`` seeded with ``seed + epoch``) and take
     every ``world_size``-th element from position ``rank``, so the shards are disjoint. To give
     every rank the same count, ``drop_last`` cuts the permutation to a multiple of
     ``world_size``; otherwise it is padded by wrapping around (as ``DistributedSampler``).
+    With ``balance`` (``[n]`` labels) the permutation is :func:`uniform_label_order` with the
+    same seed instead.
 
     Returns:
         int64 ``[n_rank]`` indices.
+
+    Raises:
+        ConfigError: if ``balance`` is not ``[n]``.
     """
-    if shuffle:
+    if balance is not None:
+        if balance.shape != (n,):
+            raise ConfigError(f"balance labels must be [{n}], got {tuple(balance.shape)}")
+        order = uniform_label_order(balance, seed=seed + epoch)
+    elif shuffle:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
     else:
         order = torch.arange(n)
@@ -55,16 +107,19 @@ class _EpochMixin:
                  rank: int, world_size: int) -> None:
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.balance: Tensor | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (call before iterating)."""
+    def set_epoch(self, epoch: int, balance: Tensor | None = None) -> None:
+        """Select the permutation of ``epoch`` (call before iterating); ``balance`` ``[N]``
+        labels make it uniform over their classes (:func:`uniform_label_order`)."""
         self.epoch = epoch
+        self.balance = None if balance is None else balance.detach().cpu()
 
     def indices(self) -> Tensor:
         """This rank's sample indices in the current epoch."""
         return epoch_indices(self.n, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
                              drop_last=self.drop_last, rank=self.rank,
-                             world_size=self.world_size)
+                             world_size=self.world_size, balance=self.balance)
 
     def __len__(self) -> int:
         per_rank = (self.n // self.world_size if self.drop_last
@@ -124,9 +179,10 @@ class FolderLoader:
             worker_init_fn=functools.partial(_init_worker, seed=seed, rank=rank),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (call before iterating)."""
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, balance: Tensor | None = None) -> None:
+        """Select the permutation of ``epoch`` (call before iterating), see
+        :meth:`_EpochMixin.set_epoch`."""
+        self.sampler.set_epoch(epoch, balance)
 
     def __len__(self) -> int:
         return len(self.loader)

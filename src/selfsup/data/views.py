@@ -255,3 +255,42 @@ def dino_views(image_size: int) -> list[ViewConfig]:
         ViewConfig(n=6, size=local, scale=(0.05, 0.4), **_BYOL_COLOR, blur_p=0.5,
                    blur_sigma=(0.1 * k, 2.0 * k)),
     ]
+
+
+@registry.register(
+    "preset",
+    "swav",
+    description="multi-crop: 2 global crops + 6 small crops, SimCLR colour distortion",
+    reference="Caron et al. 2020, Unsupervised Learning of Visual Features by Contrasting "
+    "Cluster Assignments (SwAV), sec. 3.2 and appendix A",
+)
+def swav_views(image_size: int) -> list[ViewConfig]:
+    """SwAV multi-crop (sec. 3.2, ``main_swav.py``): 2 crops at scale (0.14, 1) + 6 at (0.05, 0.14).
+
+    Every crop: flip 0.5, SimCLR colour jitter (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale 0.2,
+    Gaussian blur p 0.5. Scaling rule: global size = image_size; small size = the ``dino``
+    preset's local crop size (96 px at 224). As in the ``dino`` preset, the small group's
+    ``blur_sigma`` is multiplied by ``image_size / small_size`` so every crop is blurred with the
+    same pixel sigma, U(0.1, 2.0) * image_size / 224.
+    """
+    local = _local_size(image_size)
+    k = image_size / local
+    return [
+        ViewConfig(n=2, size=image_size, scale=(0.14, 1.0)),
+        ViewConfig(n=6, size=local, scale=(0.05, 0.14), blur_sigma=(0.1 * k, 2.0 * k)),
+    ]
+
+
+@registry.register(
+    "preset",
+    "deepcluster",
+    description="one view: random resized crop and horizontal flip, no colour distortion",
+    reference="Caron et al. 2018, Deep Clustering for Unsupervised Learning of Visual Features, "
+    "sec. 4.1",
+)
+def deepcluster_views(image_size: int) -> list[ViewConfig]:
+    """DeepCluster (sec. 4.1): one view per image, a random resized crop (scale (0.08, 1)) and a
+    horizontal flip (p 0.5); no colour jitter, grayscale nor blur (the paper removes colour with
+    a fixed Sobel filter instead, which this library does not apply). The view has the image's
+    size."""
+    return [ViewConfig(n=1, size=image_size, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)]

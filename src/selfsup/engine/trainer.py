@@ -26,7 +26,9 @@ from selfsup.engine import checkpoint
 from selfsup.engine.optim import build_optimizer, resolve, scaled_lr
 from selfsup.engine.runs import Parts, build_parts, pick_device, preprocessor
 from selfsup.eval.collapse import collapse_report
+from selfsup.eval.features import extract_features
 from selfsup.eval.knn import OnlineKNN
+from selfsup.methods.base import Method
 from selfsup.types import Batch, CheckpointError, DataError, NonFiniteLossError
 from selfsup.utils import dist
 from selfsup.utils.log import MetricsWriter, logger
@@ -222,7 +224,9 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     with stop.installed():
         while step < total:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            loader.set_epoch(epoch)
+            if done_in_epoch == 0:  # mid-epoch resume: the epoch's state is in the checkpoint
+                _start_epoch(method, optimizer, parts, epoch, cfg.train.seed, device)
+            loader.set_epoch(epoch, balance=method.epoch_sample_labels())
             micro = 0
             for i, (x, y, idx) in enumerate(loader):
                 if i < done_in_epoch * accum:
@@ -305,6 +309,21 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     return PretrainResult(out, ckpt_path, step, total, last_loss,
                           sum(steady) / max(len(steady), 1), peak, time.time() - t_start,
                           method, cfg)
+
+
+def _start_epoch(method: Method, optimizer: torch.optim.Optimizer, parts: Parts, epoch: int,
+                 seed: int, device: torch.device) -> None:
+    """``method.on_epoch_start``: with the features of this rank's shard of the training set
+    (evaluation transform, no augmentation) when the method wants them (DeepCluster); the
+    optimiser forgets the momentum of parameters the method re-initialised."""
+    feats = index = None
+    if method.wants_epoch_features(epoch):
+        index = torch.arange(dist.rank(), len(parts.train), dist.world_size())
+        feats, _ = extract_features(method.epoch_feature_encoder(), parts.train.subset(index),
+                                    preprocessor(parts.norm, parts.image_size), device=device)
+        feats, index = feats.to(device), index.to(device)
+    for p in method.on_epoch_start(epoch, feats, index, seed):
+        optimizer.state.pop(p, None)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

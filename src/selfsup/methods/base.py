@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, cast
 
-from torch import nn
+from torch import Tensor, nn
 
 from selfsup import registry
 from selfsup.config import from_dict
@@ -81,6 +81,42 @@ class Method(nn.Module):
 
     def on_step_end(self, step: int, total: int) -> None:
         """Update non-gradient state (EMA, queues, centers) after the optimiser step ``step``."""
+
+    # Epoch-level hooks, for methods that re-cluster the dataset every epoch (DeepCluster). The
+    # trainer calls them at the start of every epoch, but not when it resumes in the middle of
+    # one (the epoch's state is then in the checkpoint); the defaults do nothing.
+
+    def wants_epoch_features(self, epoch: int) -> bool:
+        """Whether :meth:`on_epoch_start` of ``epoch`` needs the features of the training set."""
+        return False
+
+    def epoch_feature_encoder(self) -> nn.Module:
+        """The module whose outputs ``[B, D]`` on un-augmented training images (the evaluation
+        transform) are passed to :meth:`on_epoch_start`; the encoder by default."""
+        return self.encoder()
+
+    def on_epoch_start(self, epoch: int, features: Tensor | None, index: Tensor | None,
+                       seed: int) -> list[nn.Parameter]:
+        """Prepare ``epoch`` before its first step.
+
+        Args:
+            epoch: the epoch about to start (0-based).
+            features: ``[n, D]`` outputs of :meth:`epoch_feature_encoder` for this rank's shard of
+                the training set (on the training device), if :meth:`wants_epoch_features`;
+                else None. Shards of the ranks are disjoint and cover the set.
+            index: ``[n]`` dataset indices of those rows, or None.
+            seed: the run's seed; random choices made here must depend only on it and ``epoch``
+                (the same on every rank) so a resumed run repeats them.
+
+        Returns:
+            Parameters the method re-initialised; the trainer drops their optimiser state.
+        """
+        return []
+
+    def epoch_sample_labels(self) -> Tensor | None:
+        """``[N]`` labels over whose classes the current epoch samples uniformly (DeepCluster's
+        pseudo-labels; ``-1``: never drawn), or None for the usual shuffle."""
+        return None
 
     def encoder(self) -> nn.Module:
         """The module evaluated by kNN/linear probes and written by ``export``."""
