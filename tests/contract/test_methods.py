@@ -21,13 +21,13 @@ B = 4
 METHODS = registry.list_names("method")
 
 
-def _num_views(method: Method) -> int:
-    """Views the method's default preset produces (2 if the preset module is not available)."""
-    try:
-        from selfsup.data.views import get_preset
-    except ModuleNotFoundError:
-        return 2
-    return max(2, sum(g.n for g in get_preset(type(method).default_views, SIZE)))
+def _view_sizes(method: Method) -> list[int]:
+    """Side of every view the method's default preset produces at ``SIZE`` (multi-crop presets
+    give smaller local crops after the global ones); at least two views."""
+    from selfsup.data.views import get_preset
+
+    sizes = [g.size for g in get_preset(type(method).default_views, SIZE) for _ in range(g.n)]
+    return sizes + [sizes[0]] * (2 - len(sizes))
 
 
 def _build(name: str, in_chans: int, seed: int) -> Method:
@@ -38,8 +38,9 @@ def _build(name: str, in_chans: int, seed: int) -> Method:
 
 def _batch(method: Method, in_chans: int, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    n = _num_views(method)
-    views = [torch.randn(B, in_chans, SIZE, SIZE, generator=g) for _ in range(n)]
+    sizes = _view_sizes(method)
+    n = len(sizes)
+    views = [torch.randn(B, in_chans, s, s, generator=g) for s in sizes]
     lo = torch.rand(B, 2, generator=g) * 0.5
     boxes = [torch.cat([lo, lo + 0.5], dim=1) for _ in range(n)]
     return Batch(views=views, index=torch.arange(B), labels=None, boxes=boxes)
@@ -73,6 +74,8 @@ def test_step_loss_and_gradients(name: str, in_chans: int) -> None:
     assert not missing, f"trainable parameters without gradient: {missing[:5]}"
     bad = [n for n, p in trainable if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradients: {bad[:5]}"
+    frozen = [n for n, p in method.named_parameters() if not p.requires_grad and p.grad is not None]
+    assert not frozen, f"frozen (e.g. EMA teacher) parameters with a gradient: {frozen[:5]}"
     # the trainer's hook after optimizer.step(), then a second step still works
     method.on_step_end(0, 10)
     assert torch.isfinite(method.training_step(batch).loss.detach())

@@ -51,7 +51,8 @@ def test_byol_preset_is_asymmetric() -> None:
     assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
 
 
-@pytest.mark.parametrize(("image_size", "local"), [(224, 96), (64, 27), (32, 14), (12, 8)])
+@pytest.mark.parametrize(("image_size", "local"),
+                         [(224, 96), (128, 48), (64, 24), (32, 16), (16, 8), (12, 8)])
 def test_dino_preset_sizes(image_size: int, local: int) -> None:
     g1, g2, loc = get_preset("dino", image_size)
     assert (g1.n, g2.n, loc.n) == (1, 1, 6)

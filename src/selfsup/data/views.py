@@ -178,7 +178,11 @@ def get_preset(name: str, image_size: int, **overrides: Any) -> list[ViewConfig]
 
 
 def _local_size(image_size: int) -> int:
-    return max(8, round(image_size * 96 / _REF))
+    """DINO's local crop side: ``image_size * 96 / 224`` rounded to the nearest multiple of 8
+    below 128 px and of 16 from 128 px (at least one multiple), so local crops tile into whole
+    patches of the ViT's default patch sizes (4 or 8 below 128 px, 16 from 128 px)."""
+    m = 8 if image_size < 128 else 16
+    return max(m, m * round(image_size * 96 / _REF / m))
 
 
 @registry.register(
@@ -241,8 +245,10 @@ def dino_views(image_size: int) -> list[ViewConfig]:
 
     Global crops: scale (0.4, 1), BYOL's colour/grayscale, view 1 blur p 1.0, view 2 blur 0.1 and
     solarise 0.2 (two groups of one view). Local crops: 6 views, scale (0.05, 0.4), blur p 0.5.
-    Scaling rule: global size = image_size; local size = round(image_size * 96 / 224), at least
-    8 px (96 px at 224). Blur kernel = 10% of each view's side (odd, >= 3); sigma is
+    Scaling rule: global size = image_size; local size = image_size * 96 / 224 rounded to a
+    multiple of the ViT's default patch size range (8 below 128 px, 16 from 128 px; at least one
+    multiple): 96 px at 224, 24 at 64, 16 at 32, 8 at 16, so a ``vit_*`` backbone sees whole
+    patches in every crop. Blur kernel = 10% of each view's side (odd, >= 3); sigma is
     U(0.1, 2.0) * image_size / 224 pixels in every view (DINO blurs local crops with the same
     pixel sigma as global ones), so the local group stores ``blur_sigma`` multiplied by
     ``image_size / local_size`` to undo :class:`~selfsup.data.augment.Augment`'s scaling by its

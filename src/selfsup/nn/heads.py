@@ -3,18 +3,22 @@
 SimCLR's projector (Chen et al. 2020, sec. 2.1: ``z = W2 ReLU(BN(W1 h))``), BYOL's projector and
 predictor (Grill et al. 2020, sec. 3.3: Linear-BN-ReLU-Linear), Barlow Twins' and VICReg's 3-layer
 expanders and MoCo v3's heads (BN also on the output) are all ``mlp(dims, ...)`` with different
-``dims`` and flags, so no head subclass differs only in widths.
+``dims`` and flags, so no head subclass differs only in widths. :class:`DINOHead` (Caron et al.
+2021) adds what an MLP cannot express: L2 normalisation of the bottleneck and a weight-normalised
+last layer (:class:`WeightNormLinear`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from selfsup.types import ConfigError
 
-__all__ = ["mlp"]
+__all__ = ["DINOHead", "WeightNormLinear", "mlp"]
 
 
 def mlp(
@@ -63,3 +67,102 @@ def mlp(
         if not last:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+class WeightNormLinear(nn.Module):
+    """Bias-free linear layer with weight normalisation (Salimans & Kingma 2016):
+    ``W = g * V / ||V||`` row by row, ``y = x W^T``, as ``nn.utils.weight_norm(nn.Linear(...,
+    bias=False))`` in DINO's code.
+
+    Args:
+        in_dim: input width.
+        out_dim: output width (number of prototypes in DINO).
+        fix_norm: keep ``g`` at 1 and out of training (DINO's ``norm_last_layer=True``), so every
+            output is a cosine between the input and a prototype direction times ``|x|``.
+
+    Attributes:
+        weight_v: direction ``V`` ``[out_dim, in_dim]`` (``nn.Linear``'s default initialisation).
+        weight_g: row norms ``g`` ``[out_dim]``, initialised to 1. One-dimensional, so the
+            optimiser's decay groups treat it like a normalisation scale (no weight decay).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, fix_norm: bool = True) -> None:
+        super().__init__()
+        init = nn.Linear(in_dim, out_dim, bias=False)  # kaiming-uniform rows, as the reference
+        self.weight_v = nn.Parameter(init.weight.detach().clone())
+        self.weight_g = nn.Parameter(torch.ones(out_dim), requires_grad=not fix_norm)
+
+    def weight(self, frozen: bool = False) -> Tensor:
+        """``g * V / ||V||`` ``[out_dim, in_dim]``. With ``frozen`` the value is the same but the
+        gradient reaching ``V`` and ``g`` is zero (see :meth:`DINOHead.forward`)."""
+        v: Tensor = self.weight_v
+        g: Tensor = self.weight_g
+        if frozen:
+            # same value, zero gradient: DDP still sees every parameter used, and an optimiser
+            # step with a zero gradient leaves V's direction (the only thing W depends on) as is
+            v, g = v.detach() + 0.0 * v, g.detach() + 0.0 * g
+        return g.unsqueeze(1) * v / v.norm(dim=1, keepdim=True)
+
+    def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
+        """``[N, in_dim] -> [N, out_dim]``."""
+        return F.linear(x, self.weight(frozen))
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, sec. 3.1 and appendix; ``DINOHead`` in the
+    authors' code): an MLP with GELU, an L2-normalised bottleneck, then a weight-normalised
+    linear layer to ``out_dim`` logits ("prototypes").
+
+    ``x [N, in_dim] -> mlp -> [N, bottleneck_dim] -> x / ||x|| -> WeightNormLinear -> [N, out_dim]``
+
+    Args:
+        in_dim: backbone feature width.
+        out_dim: output dimension K (65536 in the paper).
+        hidden_dim: hidden width of the MLP (2048).
+        bottleneck_dim: bottleneck width (256).
+        num_layers: linear layers of the MLP (3); 1 gives a single linear layer.
+        use_bn: BatchNorm1d after hidden layers (False for ViTs in the paper's code).
+        norm_last_layer: fix the last layer's row norms ``g`` to 1 (True in the paper; the
+            authors advise False for stability with ViT-Small when needed).
+
+    Raises:
+        ConfigError: if a width or ``num_layers`` is not a positive integer.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ConfigError(f"DINOHead num_layers must be a positive integer, got {num_layers}")
+        dims = [in_dim, *[hidden_dim] * (num_layers - 1), bottleneck_dim]
+        self.mlp = mlp(dims, batch_norm=use_bn, activation=nn.GELU, bias=True)
+        for m in self.mlp.modules():  # truncated normal (std 0.02) and zero bias, as the reference
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                assert m.bias is not None
+                nn.init.zeros_(m.bias)
+        if out_dim < 1 or isinstance(out_dim, bool):
+            raise ConfigError(f"DINOHead out_dim must be a positive integer, got {out_dim}")
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_norm=norm_last_layer)
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor, freeze_last_layer: bool = False) -> Tensor:
+        """``[N, in_dim] -> [N, out_dim]`` logits.
+
+        Args:
+            x: backbone features.
+            freeze_last_layer: give the last layer a zero gradient (DINO freezes it during the
+                first epoch, sec. "Training" in the appendix / ``cancel_gradients_last_layer``).
+        """
+        z = F.normalize(self.mlp(x), dim=-1, p=2)  # [N, bottleneck_dim] on the unit sphere
+        out: Tensor = self.last_layer(z, frozen=freeze_last_layer)
+        return out
