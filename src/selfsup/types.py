@@ -47,7 +47,9 @@ class Batch:
         index: dataset indices of the samples ``[B]`` (int64), for memory banks and pseudo-labels.
         labels: class labels ``[B]`` if the dataset has them (never used by SSL losses), else None.
         boxes: per view, the crop box of every sample in normalised source coordinates
-            ``[B, 4]`` as ``(y0, x0, y1, x1)``, for methods that match regions across views.
+            ``[B, 4]`` as ``(y0, x0, y1, x1)``, for methods that match regions across views:
+            the source position of the view's top-left and bottom-right corners, so a
+            horizontally flipped view has ``x0 > x1``.
     """
 
     views: list[Tensor]

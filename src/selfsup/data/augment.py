@@ -252,6 +252,10 @@ class Augment(nn.Module):
         """``n`` views of every sample in one batched pass: ``(views [n*B, C, size, size],
         boxes [n*B, 4])``, view-major (row ``v*B + b`` is view ``v`` of sample ``b``).
 
+        A box is ``(y0, x0, y1, x1)``: the source position of the view's top-left corner and of
+        its bottom-right corner, so a horizontally flipped view has ``x0 > x1`` (and
+        ``resized_crop(x, boxes, size)`` reproduces the view's geometry, flip included).
+
         Raises:
             DataError: if ``x`` is not a float ``[B, C, H, W]`` batch with ``channels`` channels.
         """
@@ -263,6 +267,8 @@ class Augment(nn.Module):
         boxes = sample_crop_boxes(m, x.shape[2], x.shape[3], cfg.scale, cfg.ratio, device=dev)
         flip = _rand(m, dev, None) < cfg.hflip_p if cfg.hflip_p > 0 else None
         v = resized_crop(x, boxes, cfg.size, flip)  # a fresh tensor: the ops below work in place
+        if flip is not None:  # a mirrored view's box runs right to left: x0 > x1 (PixPro's code)
+            boxes = torch.where(flip.unsqueeze(1), boxes[:, [0, 3, 2, 1]], boxes)
         if cfg.jitter_p > 0 and self.jitter:
             v = _jitter_(v, self.jitter, cfg.jitter_p, None)
         if self.channels == 3 and cfg.grayscale_p > 0:
