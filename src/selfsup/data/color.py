@@ -220,3 +220,36 @@ def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: floa
 
 
 # --------------------------------------------------------------------------- filters
+
+
+# sRGB (D65) -> CIE XYZ, the matrix of IEC 61966-2-1 (as skimage.color.rgb2lab)
+_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423),
+               (0.212671, 0.715160, 0.072169),
+               (0.019334, 0.119193, 0.950227))
+_WHITE_D65 = (0.95047, 1.0, 1.08883)
+
+
+def rgb_to_lab(x: Tensor) -> Tensor:
+    """CIE L*a*b* (D65 white) of sRGB images: ``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, H, W]``
+    with ``L`` in [0, 100] and ``a``, ``b`` roughly in [-128, 128] (as ``skimage.color.rgb2lab``).
+
+    sRGB is linearised (``((c + 0.055) / 1.055) ** 2.4`` above 0.04045, else ``c / 12.92``),
+    mapped to XYZ, divided by the white point, and ``f(t) = t ** (1/3)`` (linear below
+    ``(6/29) ** 3``) gives ``L = 116 f(Y) - 16``, ``a = 500 (f(X) - f(Y))``,
+    ``b = 200 (f(Y) - f(Z))``. Traceable (no data-dependent control flow).
+
+    Raises:
+        DataError: if ``x`` is not a float batch with 3 channels.
+    """
+    _check_images(x, "rgb_to_lab")
+    _check_rgb(x, "rgb_to_lab")
+    c = x.clamp(0.0, 1.0)
+    lin = torch.where(c > 0.04045, ((c + 0.055) / 1.055).pow(2.4), c / 12.92)
+    m = torch.tensor(_RGB_TO_XYZ, dtype=x.dtype, device=x.device)
+    white = torch.tensor(_WHITE_D65, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    xyz = torch.einsum("ij,bjhw->bihw", m, lin) / white
+    eps = (6.0 / 29.0) ** 3
+    f = torch.where(xyz > eps, xyz.clamp_min(eps).pow(1.0 / 3.0),
+                    xyz / (3 * (6.0 / 29.0) ** 2) + 4.0 / 29.0)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfsup import registry
 from selfsup.config import BackboneConfig, from_dict, to_dict
 from selfsup.data.stats import Normalization
 from selfsup.engine import checkpoint
@@ -44,6 +45,7 @@ def export_encoder(ckpt: str | Path, out: str | Path, *, torchscript: bool = Tru
         "format": FORMAT,
         "version": checkpoint.library_version(),
         "method": run.cfg.method,
+        "method_args": dict(run.cfg.method_args),
         "step": run.step,
         "backbone": to_dict(run.cfg.backbone),
         "in_chans": run.in_chans,
@@ -67,6 +69,21 @@ def export_encoder(ckpt: str | Path, out: str | Path, *, torchscript: bool = Tru
     return meta
 
 
+def _method_encoder(payload: dict[str, Any], backbone: nn.Module) -> nn.Module:
+    """The exported method's encoder around ``backbone`` (CMC: one copy per channel group);
+    the backbone itself for methods without ``build_encoder`` and for older exports."""
+    name = payload.get("method")
+    if not name or name not in registry.list_names("method"):
+        return backbone
+    cls = registry.get("method", name).obj
+    build = getattr(cls, "build_encoder", None)
+    if build is None:
+        return backbone
+    cfg = from_dict(cls.Config, dict(payload.get("method_args", {})), where="method_args")
+    enc: nn.Module = build(backbone, cfg)
+    return enc
+
+
 def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported encoder (``enc.pt``) in eval mode; returns ``(encoder, metadata)``.
 
@@ -80,6 +97,7 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     b = from_dict(BackboneConfig, payload["backbone"])
     enc = create_backbone(b.name, in_chans=payload["in_chans"], image_size=payload["image_size"],
                           cifar_stem=b.cifar_stem, patch_size=b.patch_size, **b.kwargs)
+    enc = _method_encoder(payload, enc)
     try:
         enc.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

@@ -65,6 +65,26 @@ def backbone_from(cfg: RunConfig, in_chans: int, image_size: int) -> nn.Module:
     )
 
 
+def encoder_from(cfg: RunConfig, in_chans: int, image_size: int) -> nn.Module:
+    """The evaluated encoder of ``cfg``'s method with fresh random weights.
+
+    The backbone itself, unless the method class defines ``build_encoder(backbone, cfg)`` (CMC:
+    one backbone per channel group, features concatenated); its saved weights are always the
+    checkpoint's ``backbone.*`` entries.
+
+    Raises:
+        ConfigError: for method options that do not fit the data (e.g. CMC's channel groups).
+    """
+    backbone = backbone_from(cfg, in_chans, image_size)
+    cls = registry.get("method", cfg.method).obj
+    build = getattr(cls, "build_encoder", None)
+    if build is None:
+        return backbone
+    method_cfg = from_dict(cls.Config, dict(cfg.method_args), where="method_args")
+    enc: nn.Module = build(backbone, method_cfg)
+    return enc
+
+
 def normalization_from(cfg: RunConfig, ds: ImageDataset) -> Normalization:
     d = cfg.data
     return compute_normalization(ds, low=d.low, high=d.high, mean=d.mean, std=d.std, seed=d.seed)
@@ -85,9 +105,14 @@ def build_parts(cfg: RunConfig) -> Parts:
     norm = normalization_from(cfg, train)
     method_args = dict(cfg.method_args)
     method_cls = registry.get("method", cfg.method).obj
-    if "num_samples" in {f.name for f in dataclasses.fields(method_cls.Config)}:
+    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    if "num_samples" in fields:
         # memory banks are sized by the dataset (InstDisc, CMC); dataset indices are global
         method_args.setdefault("num_samples", len(train))
+    if {"input_mean", "input_std"} <= fields:
+        # methods that undo the input normalisation (CMC's RGB -> Lab views)
+        method_args.setdefault("input_mean", list(norm.mean))
+        method_args.setdefault("input_std", list(norm.std))
     method = build_method(cfg.method, backbone_from(cfg, train.channels, size), **method_args)
     preset = cfg.views or type(method).default_views
     views = MultiView(get_preset(preset, size, **cfg.view_args), train.channels, norm.mean, norm.std)
@@ -129,7 +154,7 @@ class LoadedRun:
         """The same architecture with fresh random weights (the baseline of every report)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return backbone_from(self.cfg, self.in_chans, self.image_size)
+            return encoder_from(self.cfg, self.in_chans, self.image_size)
 
 
 def load_run(path: str, *, method: str | None = None) -> LoadedRun:
@@ -150,7 +175,7 @@ def load_run(path: str, *, method: str | None = None) -> LoadedRun:
             f"checkpoint '{path}' was trained with method '{cfg.method}', not '{method}'"
         )
     info = payload["data"]
-    enc = backbone_from(cfg, int(info["channels"]), int(info["image_size"]))
+    enc = encoder_from(cfg, int(info["channels"]), int(info["image_size"]))
     prefix = "backbone."
     state = {k[len(prefix):]: v for k, v in payload["model"].items() if k.startswith(prefix)}
     try:

@@ -3,6 +3,9 @@
 - :func:`nce_loss` / :func:`estimate_log_z`: noise-contrastive estimation (Gutmann & Hyvärinen
   2010) of the non-parametric instance softmax as used by Wu et al. 2018, "Unsupervised Feature
   Learning via Non-Parametric Instance Discrimination" (InstDisc), sec. 3.2, eq. 5-8.
+- :func:`bank_logits` / :func:`bank_info_nce`: the logits of anchors against their memory-bank
+  entry and ``K`` bank noise entries, and the InfoNCE (softmax) alternative to NCE over them
+  (InstDisc's and CMC's ``loss="infonce"``; Oord et al. 2018, eq. 4).
 - :func:`invaspread_loss`: the invariance + spreading instance-softmax loss of Ye et al. 2019,
   "Unsupervised Embedding Learning via Invariant and Spreading Instance Feature", sec. 3.1.
 - :func:`cpc_info_nce`: the InfoNCE of CPC (Oord et al. 2018, eq. 4) with the positive of each
@@ -22,7 +25,8 @@ from torch import Tensor
 
 from selfsup.types import ConfigError, DataError
 
-__all__ = ["cpc_info_nce", "estimate_log_z", "invaspread_loss", "nce_loss"]
+__all__ = ["bank_info_nce", "bank_logits", "cpc_info_nce", "estimate_log_z", "invaspread_loss",
+           "nce_loss"]
 
 
 def _check_temperature(temperature: float, name: str) -> None:
@@ -105,6 +109,60 @@ def nce_loss(
     pos_term = F.logsigmoid(pos_logits - shift)  # log h(i, v)
     noise_term = F.logsigmoid(-(noise_logits - shift)).sum(dim=1)  # sum_k log(1 - h(j_k, v))
     return -(pos_term + noise_term).mean()
+
+
+def bank_logits(
+    v: Tensor, positives: Tensor, noise: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Logits ``v . w / t`` of anchors against their own bank entry and shared noise entries.
+
+    Args:
+        v: anchors ``[B, D]`` (normalised features of the batch).
+        positives: each anchor's bank entry ``[B, D]``.
+        noise: ``K`` bank entries shared by the whole batch ``[K, D]`` (drawn uniformly).
+        temperature: ``t > 0``.
+
+    Returns:
+        ``(pos_logits [B], noise_logits [B, K])``.
+
+    Raises:
+        DataError: on mismatched shapes; ConfigError: if ``temperature`` is not positive.
+    """
+    _check_temperature(temperature, "bank_logits")
+    if v.dim() != 2 or positives.shape != v.shape or noise.dim() != 2 or (
+        noise.shape[1] != v.shape[1]
+    ):
+        raise DataError(
+            f"bank_logits expects v [B, D], positives [B, D] and noise [K, D], got "
+            f"{tuple(v.shape)}, {tuple(positives.shape)} and {tuple(noise.shape)}"
+        )
+    positives, noise = positives.to(v.dtype), noise.to(v.dtype)
+    return (v * positives).sum(dim=1) / temperature, v @ noise.T / temperature
+
+
+def bank_info_nce(pos_logits: Tensor, noise_logits: Tensor) -> Tensor:
+    """InfoNCE over one positive and ``K`` bank negatives (the softmax alternative to NCE).
+
+    ``L = -mean_i log( exp(s_i+) / (exp(s_i+) + sum_k exp(s_ik)) )`` with the logits of
+    :func:`bank_logits`: the non-parametric softmax of InstDisc (eq. 2) with its denominator over
+    the ``n`` bank entries replaced by the positive and ``K`` sampled entries (Oord et al. 2018,
+    eq. 4; the memory-bank baseline of He et al. 2020, sec. 3.2). No ``Z`` is needed.
+
+    Args:
+        pos_logits: ``[B]``.
+        noise_logits: ``[B, K]``.
+
+    Returns:
+        Scalar loss (float32 or the inputs' dtype if wider).
+
+    Raises:
+        DataError: on mismatched or empty shapes.
+    """
+    _check_nce_inputs(pos_logits, noise_logits, 1)
+    logits = torch.cat([pos_logits[:, None], noise_logits], dim=1)  # [B, 1 + K]
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
 
 def invaspread_loss(f: Tensor, f_hat: Tensor, temperature: float = 0.1) -> Tensor:

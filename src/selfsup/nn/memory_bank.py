@@ -5,9 +5,16 @@ InstDisc keeps ``V = {v_i}``, ``n x D``, and after each step sets
 official code, ``m = 0.5``; the paper's sec. 3.1 writes ``v_i <- f_i``, which is ``m = 0``).
 CMC (Tian et al. 2020, sec. 3.2) keeps one such bank per view. The bank is a buffer, so it lands
 in ``state_dict()``; updates are all-gathered so every rank holds the same bank.
+
+:class:`NormalizingConstant` holds NCE's ``Z`` (InstDisc eq. 8): set once from the first batch and
+then fixed (the paper and its code), or, with a momentum, an exponential moving average of the
+per-batch estimates (He's fix in HobbitLong/CMC issue #23: a one-time estimate goes wrong as soon
+as the bank stops being random noise).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +23,7 @@ from torch import Tensor, nn
 from selfsup.types import ConfigError, DataError
 from selfsup.utils import dist
 
-__all__ = ["MemoryBank"]
+__all__ = ["MemoryBank", "NormalizingConstant"]
 
 
 class MemoryBank(nn.Module):
@@ -108,3 +115,53 @@ class MemoryBank(nn.Module):
         """The number of noise samples actually used: ``min(k, size - 1)`` and at least 1."""
         return max(1, min(k, size - 1))
 
+
+
+class NormalizingConstant(nn.Module):
+    """``log Z`` of NCE's unnormalised softmax ``exp(v . f / t) / Z`` (Wu et al. 2018, eq. 8).
+
+    NaN until the first :meth:`update`, which sets it to that batch's estimate (averaged over
+    ranks, so every rank holds the same value). Later updates keep it fixed with ``momentum = 0``
+    (paper) or move ``Z`` (not ``log Z``) towards the new estimate:
+    ``Z <- m Z + (1 - m) Z_batch``.
+
+    Args:
+        momentum: ``m`` in ``[0, 1)``; 0 = fixed after the first batch.
+
+    Raises:
+        ConfigError: for a momentum outside ``[0, 1)``.
+    """
+
+    log_z: Tensor
+
+    def __init__(self, momentum: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"NCE normalising constant: momentum must be in [0, 1), got "
+                              f"{momentum!r}")
+        self.momentum = float(momentum)
+        self.register_buffer("log_z", torch.tensor(float("nan")))
+
+    @property
+    def is_set(self) -> bool:
+        return not bool(torch.isnan(self.log_z))
+
+    @torch.no_grad()
+    def update(self, batch_log_z: Tensor) -> Tensor:
+        """Fold in one batch's estimate ``log Z_batch`` (scalar); returns the current ``log Z``.
+
+        A no-op after the first call when ``momentum == 0``; call it only in training.
+        """
+        if self.is_set and self.momentum == 0.0:
+            return self.log_z
+        est = dist.all_reduce_mean(batch_log_z.detach().to(self.log_z).reshape(()).clone())
+        if not self.is_set:
+            self.log_z.copy_(est)
+        else:
+            m = self.momentum
+            new = torch.logaddexp(self.log_z + math.log(m), est + math.log1p(-m))
+            self.log_z.copy_(new)
+        return self.log_z
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}"
