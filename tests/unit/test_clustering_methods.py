@@ -13,6 +13,9 @@ import selfsup.methods  # noqa: F401  (registers the methods)
 from selfsup.config import replace
 from selfsup.losses.clustering import swapped_prediction_loss
 from selfsup.methods.base import build_method
+from selfsup.methods.deepcluster import DeepCluster
+from selfsup.methods.deepcluster_v2 import DeepClusterV2
+from selfsup.methods.swav import SwAV
 from selfsup.nn.backbones import create_backbone
 from selfsup.nn.sinkhorn import sinkhorn
 from selfsup.types import Batch
@@ -27,10 +30,12 @@ def _batch(views: int = 4, seed: int = 0, index: torch.Tensor | None = None) -> 
     return Batch(views=v, index=torch.arange(B) if index is None else index)
 
 
-def _swav(**kw: object) -> torch.nn.Module:
+def _swav(**kw: object) -> SwAV:
     torch.manual_seed(0)
     args = {"proj_hidden_dim": 32, "proj_out_dim": 8, "num_prototypes": 5, **kw}
-    return build_method("swav", create_backbone("small_cnn", 1, SIZE, width=8), **args)
+    m = build_method("swav", create_backbone("small_cnn", 1, SIZE, width=8), **args)
+    assert isinstance(m, SwAV)
+    return m
 
 
 def test_swav_loss_is_swapped_prediction_of_sinkhorn_codes() -> None:
@@ -90,6 +95,7 @@ def test_deepcluster_epoch_start_clusters_reinitialises_and_trains_on_pseudo_lab
     n = len(y)
     m = build_method("deepcluster", create_backbone("small_cnn", 1, SIZE, width=8),
                      head_hidden_dim=12, num_clusters=3, pca_dim=4, num_samples=n)
+    assert isinstance(m, DeepCluster)
     assert m.wants_epoch_features(0) and m.epoch_sample_labels() is None
     with torch.no_grad():
         m.classifier.weight.fill_(1.0)
@@ -116,6 +122,7 @@ def test_deepcluster_v2_bank_clusters_and_bank_updates() -> None:
     n = 24
     m = build_method("deepcluster_v2", create_backbone("small_cnn", 1, SIZE, width=8),
                      proj_hidden_dim=16, proj_out_dim=8, num_prototypes=[3, 4], num_samples=n)
+    assert isinstance(m, DeepClusterV2)
     assert m.wants_epoch_features(0)
     g = torch.Generator().manual_seed(0)
     feats = F.normalize(torch.randn(n, 8, generator=g), dim=1)
