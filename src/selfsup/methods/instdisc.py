@@ -85,7 +85,8 @@ def check_bank_config(cfg: Any) -> None:
 @register(
     "method",
     "instdisc",
-    description="instance discrimination: memory bank of 128-d features + NCE over 4096 noise",
+    description="EXPERIMENTAL (not yet shown to learn, see docs): memory bank + NCE, 4096 "
+    "noise samples",
     reference="Wu et al. 2018, Unsupervised Feature Learning via Non-Parametric Instance "
     "Discrimination",
 )
