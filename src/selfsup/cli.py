@@ -46,6 +46,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.engine.evaluate import evaluate_checkpoint
     from selfsup.eval.report import format_table
 
+    if args.probe == "finetune":
+        return _cmd_finetune(args)
     which = ("knn", "linear") if args.probe == "all" else (args.probe,)
     r = evaluate_checkpoint(args.checkpoint, args.data, args.test_data, which=which, k=args.k,
                             temperature=args.temperature, batch_size=args.batch_size,
@@ -61,6 +63,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
             obj[f"{slug}_top1"] = rows[name][f"{key}_top1"]
     obj["rows"] = rows
     text = format_table(rows) + f"\n(train {r['train_size']}, test {r['test_size']}: {r['test']})"
+    _emit(args, obj, text)
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from selfsup.engine.finetune import finetune_checkpoint
+    from selfsup.eval.finetune import FinetuneConfig
+    from selfsup.eval.report import format_table
+
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         crop_scale=(args.crop_min_scale, 1.0), hflip_p=args.hflip_p,
+                         temperature=args.distill_temperature, seed=args.seed)
+    r = finetune_checkpoint(args.checkpoint, args.data, args.test_data,
+                            labeled_fraction=args.labeled_fraction, head_layers=args.head_layers,
+                            distill=args.distill, cfg=cfg, distill_epochs=args.distill_epochs,
+                            baselines=not args.no_baselines, device=args.device,
+                            limit=args.limit, seed=args.seed)
+    rows = r["rows"]
+    obj: dict[str, Any] = {"probe": "finetune", **{k: v for k, v in r.items() if k != "rows"}}
+    obj["top1"] = rows["pretrained"]["finetune_top1"]
+    obj["top5"] = rows["pretrained"]["finetune_top5"]
+    if args.distill:
+        obj["distill_top1"] = rows["pretrained"]["distill_top1"]
+    if "random init" in rows:
+        obj["random_init_top1"] = rows["random init"]["finetune_top1"]
+    obj["rows"] = rows
+    text = format_table(rows) + (
+        f"\n({r['labeled']} labeled of {r['train_size']} training images, head layers "
+        f"{r['head_layers']}, {r['epochs']} epochs; test {r['test_size']}: {r['test']})")
     _emit(args, obj, text)
     return 0
 
@@ -120,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_args(sp)
     sp.set_defaults(func=cmd_pretrain)
 
-    ev = sub.add_parser("eval", help="kNN / linear-probe accuracy of a checkpoint's encoder")
-    ev.add_argument("probe", choices=["knn", "linear", "all"], help="which evaluation")
+    ev = sub.add_parser("eval", help="kNN / linear-probe / fine-tuning accuracy of a checkpoint's "
+                        "encoder")
+    ev.add_argument("probe", choices=["knn", "linear", "all", "finetune"],
+                    help="which evaluation (all = knn + linear; finetune = fine-tune on a labeled "
+                    "fraction, optionally then self-distil)")
     ev.add_argument("--checkpoint", required=True, help="a run's last.pt")
     ev.add_argument("--data", help="labeled data (default: the run's pretraining data)")
     ev.add_argument("--test-data", help="labeled test data (default: the data's test split, "
@@ -131,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="use at most N train and N test images")
     ev.add_argument("--no-baselines", action="store_true", help="skip random-init / raw pixels")
     ev.add_argument("--seed", type=int, default=0)
+    ft = ev.add_argument_group("finetune options (SimCLR appendix B.5, SimCLR v2 sec. 2.2-2.3)")
+    ft.add_argument("--labeled-fraction", type=float, default=0.1,
+                    help="stratified fraction of training labels used (0.1)")
+    ft.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (30)")
+    ft.add_argument("--lr", type=float, default=0.05, help="lr x batch/256, Nesterov SGD (0.05)")
+    ft.add_argument("--head-layers", type=int,
+                    help="projection-head layers kept (default: the method's, simclr_v2: 1)")
+    ft.add_argument("--crop-min-scale", type=float, default=0.08,
+                    help="random resized crop minimum area (0.08)")
+    ft.add_argument("--hflip-p", type=float, default=0.5, help="horizontal flip probability (0.5)")
+    ft.add_argument("--distill", action="store_true",
+                    help="then train a random-init student on the teacher's soft labels")
+    ft.add_argument("--distill-epochs", type=int, help="distillation epochs (default --epochs)")
+    ft.add_argument("--distill-temperature", type=float, default=1.0,
+                    help="distillation temperature (1.0)")
     _common(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -164,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch (256)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size of feature extraction and fine-tuning (256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -49,6 +49,16 @@ def test_eval_knn_and_linear_json(ckpt: Path) -> None:
     assert "random init" in text and "raw pixels" in text
 
 
+def test_eval_finetune_json(ckpt: Path) -> None:
+    r = one_json(run("eval", "finetune", "--checkpoint", str(ckpt), "--epochs", "1", "--limit",
+                     "200", "--labeled-fraction", "0.2", "--distill", "--distill-epochs", "1",
+                     "--hflip-p", "0", "--json"))
+    assert {"top1", "top5", "random_init_top1", "distill_top1", "labeled"} <= set(r)
+    assert r["head_layers"] == 0 and 0 < r["labeled"] <= 40
+    p = run("eval", "finetune", "--checkpoint", str(ckpt), "--head-layers", "1", ok=False)
+    assert p.returncode == 2 and "no projection head" in p.stderr
+
+
 def test_embed_and_export(ckpt: Path, tmp_path: Path) -> None:
     r = one_json(run("embed", "--checkpoint", str(ckpt), "--data", "digits",
                      "--out", str(tmp_path / "e.npy"), "--json"))
