@@ -5,9 +5,10 @@ Chen, Kornblith, Swersky, Norouzi & Hinton 2020, "Big Self-Supervised Models are
 Semi-Supervised Learners", sec. 2.1: the NT-Xent loss of SimCLR (Chen et al. 2020a, eq. 1) on a
 projection head ``g`` with 3 layers instead of 2, and fine-tuning starts from the first layer of
 ``g`` (the "middle layer" of the head, ``h' = ReLU(BN(W1 h))``) rather than from the backbone
-output. Not implemented here: the MoCo-style memory of 65536 negatives (sec. 2.1 reports a ~1%
-gain at most, with large batches) and the self-distillation stage (sec. 2.3), which belongs to the
-evaluation tools.
+output. Fine-tuning from that layer and the self-distillation stage (sec. 2.3) are evaluation
+steps: ``selfsup eval finetune --distill`` (:mod:`selfsup.eval.finetune`) uses
+:meth:`SimCLRv2.encoder_with_head`. Not implemented: the MoCo-style memory of 65536 negatives
+(sec. 2.1 reports a ~1% gain at most, with large batches).
 """
 
 from __future__ import annotations
