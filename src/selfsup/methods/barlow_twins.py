@@ -29,6 +29,8 @@ class BarlowTwinsConfig:
     The paper's projector is 3 layers of 8192 units on ImageNet (sec. 2, 4; figure 4 shows
     accuracy growing with the width). The default here is scaled to 2048 so that small-image /
     CPU runs stay fast; pass ``proj_hidden_dim=8192 proj_out_dim=8192`` for the paper's setting.
+    With a projector narrower than 8192, scale ``lambd`` up as ``5e-3 x 8192 / proj_out_dim``
+    (the off-diagonal sum has ``D (D - 1)`` terms); the default stays the paper's 5e-3.
     """
 
     proj_hidden_dim: int = 2048  # paper: 8192 (sec. 4 "Implementation details"); scaled
