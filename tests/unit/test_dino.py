@@ -346,6 +346,17 @@ def test_bad_config_and_input() -> None:
         m.training_step(Batch(views=[x, x[:, :, :8, :8], x], index=torch.arange(B)))
 
 
+def test_resnet_backbone_multicrop_step() -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet18", in_chans=3, image_size=32, cifar_stem=True)
+    m = build_method("dino", backbone, out_dim=32, hidden_dim=16, bottleneck_dim=8).train()
+    out = m.training_step(_batch(size=32, channels=3))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.embeddings is not None
+    assert out.embeddings.shape == (B, backbone.num_features)
+    assert all(p.grad is not None for p in m.backbone.parameters())
+
+
 @pytest.mark.parametrize("size", [32, 16])
 def test_vit_tiny_trains_on_dino_multicrop(size: int) -> None:
     """Local crops of the dino preset are whole multiples of the default ViT patch and the ViT
