@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench bench-methods venv clean
 
 demo: $(STAMP)
 	$(BIN)/selfsup demo
@@ -21,6 +21,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]' || echo "lightly not installable: benchmarks run selfsup only"
 	$(BIN)/python benchmarks/run.py --out docs/benchmarks.md
+
+# every registered method (selfsup vs lightly where lightly has it); METHODS="byol dino" picks some,
+# SELFSUP_LIGHTLY_PYTHON=/path/to/python runs the lightly rows in another environment
+bench-methods: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]' || echo "lightly not installable: lightly rows need SELFSUP_LIGHTLY_PYTHON"
+	$(BIN)/python benchmarks/methods.py --out docs/benchmarks.md $(if $(METHODS),--methods $(METHODS))
 
 venv: $(STAMP)
 

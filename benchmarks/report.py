@@ -192,13 +192,14 @@ def augment_lines(a: dict[str, Any]) -> list[str]:
             f"{_met(ratio >= TARGETS['augment'])}); {a['n']} images, {a['threads']} threads."]
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the benchmark section of ``path`` (or append it / create the file)."""
+def write_section(path: Path, text: str, start: str = START, end: str = END) -> None:
+    """Replace the section between ``start`` and ``end`` of ``path`` (or append it / create the
+    file); the default markers are the SimCLR section's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         new = head + text + ("\n" + tail if tail else "")
     else:
         new = old.rstrip("\n") + "\n\n" + text

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -55,16 +56,27 @@ def lightly_available() -> bool:
     return importlib.util.find_spec("lightly") is not None
 
 
-def run_row(name: str, script: str, args: list[str], results: Path) -> dict[str, Any]:
+def run_row(name: str, script: str, args: list[str], results: Path,
+            python: str | None = None) -> dict[str, Any]:
     """Run ``benchmarks/<script>`` with ``args`` in a fresh process; return its JSON row (or an
-    ``error`` row with the tail of its output when it fails)."""
+    ``error`` row with the tail of its output when it fails).
+
+    ``python``: another interpreter (e.g. a virtual environment with lightly); it runs with
+    ``PYTHONPATH=src`` so that it imports this checkout's selfsup."""
     out = results / f"{name}.json"
-    shown = ["python", f"benchmarks/{script}", *args, "--json", str(_rel(out))]
-    cmd = [sys.executable, str(HERE / script), *args, "--json", str(out)]
+    env = None
+    prefix = ["python"]
+    if python and python != sys.executable:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"),
+                                                        env.get("PYTHONPATH")) if p)
+        prefix = ["PYTHONPATH=src", python]
+    shown = [*prefix, f"benchmarks/{script}", *args, "--json", str(_rel(out))]
+    cmd = [python or sys.executable, str(HERE / script), *args, "--json", str(out)]
     print(f"\n=== {name}: {shlex.join(shown)}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+                          text=True, env=env)
     seconds = time.perf_counter() - t0
     sys.stdout.write(proc.stdout[-4000:])
     if proc.returncode != 0 or not out.is_file():

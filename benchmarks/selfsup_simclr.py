@@ -16,60 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
 
 import common
-from common import Setting
+from selfsup_method import run, run_config
 
-import selfsup
-from selfsup.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
-
-
-def run_config(s: Setting, out: str) -> RunConfig:
-    """The RunConfig of a setting: SimCLR paper defaults, CPU, fp32, no progress bar."""
-    kwargs = dict(s.backbone_kwargs)
-    cifar_stem = kwargs.pop("cifar_stem", None)  # a BackboneConfig field of its own
-    return RunConfig(
-        method="simclr",
-        method_args={"temperature": s.temperature, "proj_hidden_dim": s.proj_hidden_dim,
-                     "proj_out_dim": s.proj_out_dim},
-        backbone=BackboneConfig(name=s.backbone, cifar_stem=cifar_stem, kwargs=kwargs),
-        data=DataConfig(path=str(s.path), limit=s.limit),
-        train=TrainConfig(epochs=s.epochs, steps=s.steps, batch_size=s.batch_size, out=out,
-                          seed=s.seed, device="cpu", progress=False,
-                          log_every=s.log_every),
-    )
-
-
-def run(s: Setting, out: str | None = None, eval_limit: int | None = None) -> dict[str, Any]:
-    """Train and (if ``s.knn``) evaluate; returns the row as a dict."""
-    with tempfile.TemporaryDirectory(prefix="selfsup-bench-") as tmp:
-        run_dir = out or str(Path(tmp) / "run")
-        t0 = time.perf_counter()
-        cfg = run_config(s, run_dir)
-        # selfsup.pretrain's positional method/data replace the config's, so pass them again
-        res = selfsup.pretrain(cfg.method, cfg.data.path, config=cfg)
-        wall = time.perf_counter() - t0
-        row: dict[str, Any] = {
-            "library": "selfsup", "setting": s.to_dict(), "steps": res.step,
-            "images_per_s": res.images_per_s, "peak_rss_mb": res.peak_memory_mb,
-            "train_seconds": wall, "final_loss": res.final_loss,
-            "data_loading": f"in-memory uint8 tensor, num_workers={res.cfg.data.num_workers}, "
-                            "batched augmentation in the main process",
-        }
-        if s.knn:
-            ev = selfsup.evaluate(res.checkpoint, which=("knn",), k=common.KNN_K,
-                                  temperature=common.KNN_T, device="cpu", limit=eval_limit)
-            row.update({"knn_top1": ev["rows"]["pretrained"]["knn_top1"],
-                        "knn_top5": ev["rows"]["pretrained"]["knn_top5"],
-                        "knn_random_init_top1": ev["rows"]["random init"]["knn_top1"],
-                        "knn_raw_pixels_top1": ev["rows"]["raw pixels"]["knn_top1"],
-                        "knn_train": ev["train_size"], "knn_test": ev["test_size"]})
-        row.update(common.machine_info())
-        return row
+__all__ = ["main", "parse", "run", "run_config"]  # the SimCLR row is selfsup_method's code
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

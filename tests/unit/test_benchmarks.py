@@ -124,3 +124,86 @@ def test_report_ratios_and_targets():
     assert "x1.20" in lines[0] and "target >= 1.5: **not met**" in lines[0]
     assert "-1.50 points" in lines[0]
     assert "x3.00" in lines[1]
+
+
+# ----------------------------------------------------------------------------- per-method rows
+
+
+def _tiny_method(method: str, **kw):
+    import method_common
+
+    s = _tiny(**kw)
+    fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+    return method_common.MethodSetting(**fields, method=method,
+                                       method_args=method_common.method_args_for(method))
+
+
+def test_method_setting_reads_the_registry():
+    """Methods come from the registry; optimiser and views are each method's paper defaults,
+    head sizes scaled only by the documented CPU overrides."""
+    import method_common
+
+    from selfsup import list_methods
+
+    names = method_common.method_names()
+    assert {"simclr", "byol", "dino"} <= set(names)
+    assert names == list_methods()
+    byol = _tiny_method("byol")
+    assert byol.optim().name == "lars" and byol.peak_lr() == pytest.approx(0.2 * 32 / 256)
+    assert byol.config().proj_hidden_dim == 512 and byol.views_name == "byol"
+    assert _tiny_method("simsiam").optim().name == "sgd"
+    paper = method_common.method_args_for("dino", paper_heads=True, sets=["teacher_temp=0.07"])
+    assert paper == {"teacher_temp": 0.07}
+    d = _tiny_method("dino").to_dict()
+    assert d["method_config"]["out_dim"] == 4096 and "temperature" not in d
+
+
+def test_selfsup_method_row(tmp_path):
+    """A non-SimCLR method trains through the public API and is kNN-scored."""
+    import selfsup_method
+
+    row = selfsup_method.run(_tiny_method("byol", steps=1), eval_limit=200)
+    assert row["library"] == "selfsup" and row["method"] == "byol" and row["steps"] == 1
+    assert row["images_per_s"] > 0 and 0 <= row["knn_top1"] <= 100
+    assert row["setting"]["method_config"]["proj_hidden_dim"] == 512
+
+
+def test_methods_driver_and_report(tmp_path):
+    """methods.py --quick (selfsup only): JSON rows and its own markdown section, which leaves
+    the SimCLR section and other text alone; an unknown method name is refused."""
+    import methods
+    import methods_report
+
+    out = tmp_path / "bench.md"
+    out.write_text("# Benchmarks\n\n<!-- selfsup-simclr-benchmark:start -->\nold\n"
+                   "<!-- selfsup-simclr-benchmark:end -->\n\nkept text\n")
+    args = ["--quick", "--skip-lightly", "--methods", "simsiam", "--datasets", "mnist",
+            "--out", str(out), "--results", str(tmp_path / "res")]
+    assert methods.main(args) == 0
+    summary = json.loads((tmp_path / "res" / "summary.json").read_text())
+    (row,) = summary["rows"]["mnist"]
+    assert row["method"] == "simsiam" and row["images_per_s"] > 0
+    assert row["command"].startswith("python benchmarks/selfsup_method.py --method simsiam")
+    text = out.read_text()
+    assert "kept text" in text and "\nold\n" in text
+    assert text.count(methods_report.START) == 1 and "## Per-method benchmarks" in text
+    assert methods.main(["--methods", "no_such_method", "--out", str(out)]) == 2
+
+
+def test_methods_report_ratio():
+    import methods_report
+
+    ours = {"images_per_s": 300.0, "knn_top1": 90.0}
+    assert methods_report.ratio_text(ours, {"images_per_s": 200.0, "knn_top1": 91.0}) == \
+        "x1.50 images/s; kNN -1.00 pts"
+    assert methods_report.ratio_text(ours, None) == "-"
+
+
+@needs_lightly
+@pytest.mark.parametrize("method", ["byol", "dino", "swav"])
+def test_lightly_method_rows(method):
+    import lightly_methods
+
+    row = lightly_methods.run(_tiny_method(method, num_workers=0, steps=1), eval_limit=200)
+    assert row["library"] == "lightly" and row["steps"] == 1
+    assert row["final_loss"] == row["final_loss"] and 0 <= row["knn_top1"] <= 100

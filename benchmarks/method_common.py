@@ -1,0 +1,136 @@
+"""The setting of one per-method benchmark row, shared by selfsup's and lightly's rows.
+
+A :class:`MethodSetting` is a :class:`common.Setting` (data, backbone, batch, epochs, kNN) plus a
+registered selfsup method and its hyper-parameter overrides. Everything else comes from the
+method's registry entry, read at run time so that newly registered methods need no change here:
+its ``Config`` (paper defaults), ``default_optim`` (optimiser, lr at batch 256, schedule) and
+``default_views`` (the view preset). The lightly rows read the very same resolved values, so both
+libraries train with the same numbers wherever lightly exposes the knob.
+
+Head sizes: the CPU benchmark uses the paper defaults except where selfsup's documentation gives
+a scaled small-image / CPU setting (``docs/methods/negative_free.md``, "Small images, small
+data, CPU", the DINO command and the SwAV measured row); these are in :data:`CPU_OVERRIDES` and
+``--paper-heads`` turns them off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import common
+from common import Setting
+
+from selfsup import registry
+from selfsup.config import OptimConfig, ViewConfig, from_dict, to_dict
+from selfsup.data.views import get_preset
+from selfsup.engine.optim import resolve, scaled_lr
+
+# Documented small-image / CPU head sizes (docs/methods/negative_free.md); everything else is the
+# paper default of the method's Config.
+CPU_OVERRIDES: dict[str, dict[str, Any]] = {
+    # "BYOL: proj_hidden_dim=512 pred_hidden_dim=512 proj_out_dim=128"
+    "byol": {"proj_hidden_dim": 512, "pred_hidden_dim": 512, "proj_out_dim": 128},
+    # "on CPU or with the small CNN use e.g. proj_hidden_dim=512 proj_out_dim=512"
+    "barlow_twins": {"proj_hidden_dim": 512, "proj_out_dim": 512},
+    "vicreg": {"proj_hidden_dim": 512, "proj_out_dim": 512},
+    # "small images / CPU: a smaller head and a faster teacher"
+    "dino": {"out_dim": 4096, "hidden_dim": 512, "momentum_base": 0.99},
+    # measured digits row: "proj 512-64, 30 prototypes"
+    "swav": {"proj_hidden_dim": 512, "proj_out_dim": 64, "num_prototypes": 30},
+}
+
+
+def method_names() -> list[str]:
+    """Every registered method (the registry at run time, so new methods appear by themselves)."""
+    return registry.list_names("method")
+
+
+def method_class(name: str) -> Any:
+    """The registered class of method ``name`` (raises UnknownNameError listing valid names)."""
+    return registry.get("method", name).obj
+
+
+@dataclass
+class MethodSetting(Setting):
+    """A benchmark setting for one registered method (see the module docstring)."""
+
+    method: str = "simclr"
+    method_args: dict[str, Any] = field(default_factory=dict)  # overrides of the paper Config
+
+    def config(self) -> Any:
+        """The method's resolved Config dataclass (paper defaults + ``method_args``)."""
+        return from_dict(method_class(self.method).Config, dict(self.method_args),
+                         where="method_args")
+
+    def optim(self) -> OptimConfig:
+        """The method's resolved optimiser settings (its ``default_optim``)."""
+        return resolve(OptimConfig(), method_class(self.method).default_optim)
+
+    def peak_lr(self) -> float:
+        return scaled_lr(self.optim(), self.batch_size)
+
+    @property
+    def views_name(self) -> str:
+        return str(method_class(self.method).default_views)
+
+    def views(self, image_size: int) -> list[ViewConfig]:
+        """The method's default view preset at ``image_size``."""
+        return get_preset(self.views_name, image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        for k in ("temperature", "proj_hidden_dim", "proj_out_dim"):  # SimCLR-only fields
+            d.pop(k, None)
+        o = self.optim()
+        d["optim"].update({"betas": o.betas, "clip_grad": o.clip_grad,
+                           "lr_scaling": o.lr_scaling, "base_lr": o.lr})
+        d["method_config"] = to_dict(self.config())
+        d["views"] = self.views_name
+        return d
+
+
+def parse_value(text: str) -> Any:
+    """``key=value`` values: int, float, true/false, else the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """Options of the per-method row scripts (on top of :func:`common.add_setting_args`)."""
+    p.add_argument("--method", required=True, help="registered selfsup method name")
+    p.add_argument("--paper-heads", action="store_true",
+                   help="paper head sizes even where selfsup documents a CPU scaling")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method hyper-parameter (repeatable)")
+
+
+def method_args_for(method: str, paper_heads: bool = False,
+                    sets: list[str] | None = None) -> dict[str, Any]:
+    """The overrides a row applies: documented CPU head sizes (unless ``paper_heads``) and
+    ``KEY=VALUE`` strings."""
+    args = {} if paper_heads else dict(CPU_OVERRIDES.get(method, {}))
+    for kv in sets or []:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {kv!r}")
+        args[key.removeprefix("method_args.")] = parse_value(value)
+    return args
+
+
+def setting_from(a: argparse.Namespace) -> MethodSetting:
+    """The dataset's default setting for ``a.method`` with the command-line overrides."""
+    base = common.setting_from(a)
+    method_class(a.method)  # fail early on an unknown name
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return MethodSetting(**fields, method=a.method,
+                         method_args=method_args_for(a.method, a.paper_heads, a.sets))
