@@ -3,15 +3,11 @@ holding all rows: each rank passes its shard, and sums over ranks make the resul
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from gloo_harness import run_on_ranks
 from selfsup.nn.kmeans import gather_labels, kmeans, pca_whiten
 from selfsup.nn.sinkhorn import sinkhorn
 
@@ -33,38 +29,22 @@ def _rows() -> tuple[torch.Tensor, torch.Tensor]:
     return centers[y] + 0.2 * torch.randn(WORLD * N, D, generator=g), y
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                             world_size=WORLD)
-    try:
-        codes = sinkhorn(_scores()[rank * B : (rank + 1) * B], 0.05, 3)
-        x, _ = _rows()
-        index = torch.arange(rank, WORLD * N, WORLD)  # the trainer's shards: rank::world
-        y, _, proj = pca_whiten(x[index], 3)
-        init = y[:3].clone()  # rank 0's rows are broadcast as initial centroids
-        res = kmeans(y, 3, iters=10, init=init)
-        torch.save({"codes": codes, "pca": y, "proj": proj, "centroids": res.centroids,
-                    "labels": gather_labels(res.labels, index, WORLD * N),
-                    "counts": res.counts, "init": init},
-                   Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    codes = sinkhorn(_scores()[rank * B : (rank + 1) * B], 0.05, 3)
+    x, _ = _rows()
+    index = torch.arange(rank, WORLD * N, WORLD)  # the trainer's shards: rank::world
+    y, _, proj = pca_whiten(x[index], 3)
+    init = y[:3].clone()  # rank 0's rows are broadcast as initial centroids
+    res = kmeans(y, 3, iters=10, init=init)
+    return {"codes": codes, "pca": y, "proj": proj, "centroids": res.centroids,
+                "labels": gather_labels(res.labels, index, WORLD * N),
+                "counts": res.counts, "init": init}
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    if not tdist.is_available() or not tdist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("clustering")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_ranks(_worker, WORLD, tmp_path_factory.mktemp("clustering"))
 
 
 def test_sinkhorn_over_ranks_equals_the_global_batch(results: list[dict]) -> None:

@@ -9,16 +9,12 @@ single-process parameter gradient.
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo_harness import run_on_ranks
 from selfsup.losses.contrastive import nt_xent
 
 WORLD = 2
@@ -39,53 +35,34 @@ def _encoder() -> nn.Module:
     return nn.Linear(DIM_IN, DIM).double()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        x1, x2 = _data()
-        local = slice(rank * B, (rank + 1) * B)
-        # 1) gradients w.r.t. the embeddings themselves
-        z1 = x1[local].clone().requires_grad_()
-        z2 = x2[local].clone().requires_grad_()
-        loss = nt_xent(z1, z2, T, gather=True)
-        loss.backward()
-        local_only = nt_xent(x1[local], x2[local], T, gather=False)
-        # 2) a DDP-wrapped encoder: parameter gradients are averaged over ranks by DDP
-        model = DistributedDataParallel(_encoder())
-        h = model(torch.cat([x1[local], x2[local]]))
-        ddp_loss = nt_xent(h[:B], h[B:], T, gather=True)
-        ddp_loss.backward()
-        torch.save(
-            {
-                "loss": loss.detach(),
-                "local_only": local_only,
-                "g1": z1.grad,
-                "g2": z2.grad,
-                "ddp_loss": ddp_loss.detach(),
-                "param_grads": [p.grad for p in model.module.parameters()],
-            },
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-    finally:
-        tdist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    x1, x2 = _data()
+    local = slice(rank * B, (rank + 1) * B)
+    # 1) gradients w.r.t. the embeddings themselves
+    z1 = x1[local].clone().requires_grad_()
+    z2 = x2[local].clone().requires_grad_()
+    loss = nt_xent(z1, z2, T, gather=True)
+    loss.backward()
+    local_only = nt_xent(x1[local], x2[local], T, gather=False)
+    # 2) a DDP-wrapped encoder: parameter gradients are averaged over ranks by DDP
+    model = DistributedDataParallel(_encoder())
+    h = model(torch.cat([x1[local], x2[local]]))
+    ddp_loss = nt_xent(h[:B], h[B:], T, gather=True)
+    ddp_loss.backward()
+    return {
+            "loss": loss.detach(),
+            "local_only": local_only,
+            "g1": z1.grad,
+            "g2": z2.grad,
+            "ddp_loss": ddp_loss.detach(),
+            "param_grads": [p.grad for p in model.module.parameters()],
+        }
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    if not tdist.is_available() or not tdist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("gather")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_ranks(_worker, WORLD, tmp_path_factory.mktemp("gather"))
 
 
 def test_loss_equals_single_process_full_batch(results: list[dict]) -> None:

@@ -5,14 +5,11 @@ distributed form on 2 gloo processes (batch N each == one process with batch 2N)
 from __future__ import annotations
 
 import math
-import socket
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 
+from gloo_harness import run_on_ranks
 from selfsup.losses.redundancy import (
     BarlowTwinsLoss,
     VICRegLoss,
@@ -263,42 +260,26 @@ def _global_pair() -> tuple[torch.Tensor, torch.Tensor]:
     return _pair(WORLD * NB, D, seed=11)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        x1, x2 = _global_pair()
-        local = slice(rank * NB, (rank + 1) * NB)
-        res = {}
-        for name, fn in (("bt", lambda a, b: barlow_twins_loss(a, b, 0.1)),
-                         ("vic", lambda a, b: vicreg_loss(a, b))):
-            z1 = x1[local].clone().requires_grad_()
-            z2 = x2[local].clone().requires_grad_()
-            loss = fn(z1, z2)
-            loss.backward()
-            res[name] = {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}
-        res["bt_local"] = barlow_twins_loss(x1[local], x2[local], 0.1, gather=False)
-        res["vic_local"] = vicreg_loss(x1[local], x2[local], gather=False)
-        torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    x1, x2 = _global_pair()
+    local = slice(rank * NB, (rank + 1) * NB)
+    res = {}
+    for name, fn in (("bt", lambda a, b: barlow_twins_loss(a, b, 0.1)),
+                     ("vic", lambda a, b: vicreg_loss(a, b))):
+        z1 = x1[local].clone().requires_grad_()
+        z2 = x2[local].clone().requires_grad_()
+        loss = fn(z1, z2)
+        loss.backward()
+        res[name] = {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}
+    res["bt_local"] = barlow_twins_loss(x1[local], x2[local], 0.1, gather=False)
+    res["vic_local"] = vicreg_loss(x1[local], x2[local], gather=False)
+    return res
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    if not tdist.is_available() or not tdist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("redundancy")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_ranks(_worker, WORLD, tmp_path_factory.mktemp("redundancy"))
 
 
 @pytest.mark.parametrize("name", ["bt", "vic"])
