@@ -160,3 +160,14 @@ def test_vit_feature_map_is_the_patch_token_grid() -> None:
             for j in range(4):
                 torch.testing.assert_close(fmap[:, :, i, j], tokens[:, 1 + 4 * i + j])
         torch.testing.assert_close(fmap.mean(dim=(2, 3)), m(x))  # avg pooling = mean of the grid
+
+
+@pytest.mark.parametrize("hw, grid", [((16, 16), (2, 2)), ((20, 12), (3, 2))])
+def test_vit_feature_map_follows_the_input_size(hw: tuple[int, int], grid: tuple[int, int]
+                                                ) -> None:
+    """Multi-crop local views are smaller than ``image_size``; sides that are not whole patches
+    are padded, so the grid is ``ceil(side / patch)``."""
+    m = create_backbone("vit_tiny", in_chans=3, image_size=32, patch_size=8).eval()
+    with torch.no_grad():
+        fmap = m.forward_features(torch.randn(2, 3, *hw))
+    assert fmap.shape == (2, 192, *grid)

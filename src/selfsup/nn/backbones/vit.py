@@ -146,10 +146,12 @@ class ViT(VisionTransformer):
 
     def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]
         """``[B, in_chans, H, W]`` -> the normalised patch tokens as a map ``[B, D, h, w]``,
-        ``h = w = image_size // patch_size`` (the CLS token is dropped). Replaces timm's
-        ``forward_features`` (which returns the token sequence; use :meth:`forward_tokens`)."""
+        ``h, w`` = the input's patch grid (``ceil(H / patch_size)``, as inputs are padded to
+        whole patches; ``image_size // patch_size`` at the configured size). The CLS token is
+        dropped. Replaces timm's ``forward_features`` (which returns the token sequence; use
+        :meth:`forward_tokens`)."""
         tokens = self.forward_tokens(x)[:, self.num_prefix_tokens:]  # [B, N, D]
-        h, w = self.patch_embed.grid_size
+        h, w = self.patch_embed.dynamic_feat_size((x.shape[-2], x.shape[-1]))
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
