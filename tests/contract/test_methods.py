@@ -30,10 +30,20 @@ def _view_sizes(method: Method) -> list[int]:
     return sizes + [sizes[0]] * (2 - len(sizes))
 
 
+WIDE = 1024  # head widths at least this large (DINO's K = 65536, BYOL's 4096) are shrunk ...
+NARROW = 128  # ... to this, so the contract runs fast; the paper defaults are checked below
+
+
+def _small_heads(name: str) -> dict[str, int]:
+    cfg = registry.get("method", name).obj.Config
+    return {f.name: NARROW for f in dataclasses.fields(cfg)
+            if f.name.endswith("_dim") and isinstance(f.default, int) and f.default >= WIDE}
+
+
 def _build(name: str, in_chans: int, seed: int) -> Method:
     torch.manual_seed(seed)
     backbone = create_backbone("small_cnn", in_chans=in_chans, image_size=SIZE, width=8)
-    return build_method(name, backbone)
+    return build_method(name, backbone, **_small_heads(name))
 
 
 def _batch(method: Method, in_chans: int, seed: int = 0) -> Batch:
@@ -119,7 +129,7 @@ def test_simclr_projector_and_defaults() -> None:
 
     from selfsup.methods.simclr import Config
 
-    m = _build("simclr", 3, seed=0)
+    m = build_method("simclr", create_backbone("small_cnn", 3, SIZE, width=8))  # paper widths
     kinds = [type(layer).__name__ for layer in m.projector]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
     assert (m.projector[0].in_features, m.projector[0].out_features) == (64, 2048)
