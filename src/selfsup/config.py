@@ -90,6 +90,7 @@ class OptimConfig:
     lr: float | None = None  # base learning rate at batch 256 (see lr_scaling)
     lr_scaling: str | None = None  # linear (lr * B / 256) | sqrt | none
     weight_decay: float | None = None  # not applied to biases and normalisation parameters
+    weight_decay_end: float | None = None  # cosine from weight_decay to this (DINO); None = constant
     momentum: float | None = None  # SGD / LARS momentum
     betas: tuple[float, float] | None = None  # AdamW betas
     warmup_epochs: float | None = None  # linear warm-up length in epochs

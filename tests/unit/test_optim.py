@@ -85,3 +85,30 @@ def test_build_optimizer_steps(name: str) -> None:
     m(torch.randn(8, 4)).sum().backward()
     opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, m.parameters()))
+
+
+def test_weight_decay_schedule_is_cosine_and_constant_by_default() -> None:
+    from selfsup.engine.optim import weight_decay_at
+
+    const = resolve(OptimConfig(weight_decay=0.04), {})
+    assert weight_decay_at(const, 0, 100) == weight_decay_at(const, 100, 100) == 0.04
+    sched = resolve(OptimConfig(weight_decay=0.04, weight_decay_end=0.4), {})
+    assert weight_decay_at(sched, 0, 100) == pytest.approx(0.04)
+    assert weight_decay_at(sched, 50, 100) == pytest.approx(0.22)  # cosine midpoint
+    assert weight_decay_at(sched, 100, 100) == pytest.approx(0.4)
+    with pytest.raises(ConfigError, match="weight_decay_end"):
+        resolve(OptimConfig(weight_decay_end=-1.0), {})
+
+
+def test_trainer_applies_the_weight_decay_schedule_to_decayed_groups(tiny_run) -> None:
+    from selfsup.config import apply_overrides
+    from selfsup.engine.trainer import pretrain
+
+    cfg = apply_overrides(tiny_run(steps=4), ["optim.name=adamw", "optim.weight_decay=0.1",
+                                              "optim.weight_decay_end=0.5"])
+    res = pretrain(cfg)
+    groups = torch.load(res.checkpoint, weights_only=False)["optimizer"]["param_groups"]
+    decayed = [g for g in groups if g["decay"]]
+    # the last step (3 of 4) set cos(pi * 3/4): 0.5 + (0.1 - 0.5) * (1 + cos(3 pi / 4)) / 2
+    assert decayed[0]["weight_decay"] == pytest.approx(0.5 - 0.4 * (1 - 2 ** -0.5) / 2)
+    assert all(g["weight_decay"] == 0.0 for g in groups if not g["decay"])

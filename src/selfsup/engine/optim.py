@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from selfsup.config import OptimConfig, from_dict, to_dict
 from selfsup.types import ConfigError
+from selfsup.utils.schedules import cosine
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
 SCALINGS = ("linear", "sqrt", "none")
@@ -105,7 +106,8 @@ def resolve(user: OptimConfig, method_defaults: dict[str, Any]) -> OptimConfig:
         raise ConfigError(
             f"optim.lr_scaling '{cfg.lr_scaling}' is unknown; expected one of {', '.join(SCALINGS)}"
         )
-    for k in ("lr", "weight_decay", "warmup_epochs", "min_lr_ratio", "clip_grad"):
+    for k in ("lr", "weight_decay", "weight_decay_end", "warmup_epochs", "min_lr_ratio",
+              "clip_grad"):
         if (getattr(cfg, k) or 0) < 0:
             raise ConfigError(f"optim.{k} must be >= 0, got {getattr(cfg, k)}")
     if cfg.accumulate < 1:
@@ -134,10 +136,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lars": True}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lars": True, "decay": True}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars": False})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars": False, "decay": False})
     return groups
+
+
+def weight_decay_at(cfg: OptimConfig, step: int, total: int) -> float:
+    """The decayed groups' weight decay at ``step``: constant, or cosine from ``weight_decay`` to
+    ``weight_decay_end`` over the run (DINO, Caron et al. 2021, appendix: 0.04 -> 0.4)."""
+    assert cfg.weight_decay is not None
+    if cfg.weight_decay_end is None:
+        return cfg.weight_decay
+    return cosine(step, total, cfg.weight_decay, cfg.weight_decay_end)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from selfsup.config import RunConfig, from_dict, replace, save_yaml, to_dict
 from selfsup.data.datasets import make_loader
 from selfsup.engine import checkpoint
-from selfsup.engine.optim import build_optimizer, resolve, scaled_lr
+from selfsup.engine.optim import build_optimizer, resolve, scaled_lr, weight_decay_at
 from selfsup.engine.runs import Parts, build_parts, pick_device, preprocessor
 from selfsup.eval.collapse import collapse_report
 from selfsup.eval.features import extract_features
@@ -232,8 +232,11 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                 if i < done_in_epoch * accum:
                     continue  # resuming mid-epoch: same permutation, skip what was trained
                 lr = warmup_cosine(step, total, warmup, peak_lr, peak_lr * ocfg.min_lr_ratio)
+                wd = weight_decay_at(ocfg, step, total)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
+                    if g.get("decay"):
+                        g["weight_decay"] = wd
                 x = x.to(device, non_blocking=True)
                 with torch.no_grad():
                     v, boxes = views(parts.norm.to_unit(x))

@@ -103,14 +103,14 @@ class DINO(Method):
     Config: ClassVar[type] = DINOConfig
     default_views: ClassVar[str] = "dino"
     # Appendix / main_dino.py: AdamW, lr 0.0005 x B / 256 with 10 warm-up epochs then cosine to
-    # min_lr 1e-6 (= 0.002 x the base lr at batch 256), gradient clipping at 3.0. Weight decay:
-    # the paper raises it from 0.04 to 0.4 by cosine; the trainer has one constant weight decay,
-    # so the default is the starting value 0.04.
+    # min_lr 1e-6 (= 0.002 x the base lr at batch 256), gradient clipping at 3.0, weight decay
+    # raised from 0.04 to 0.4 by cosine over the run (appendix; main_dino.py's wd_scheduler).
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "adamw",
         "lr": 0.0005,
         "lr_scaling": "linear",
         "weight_decay": 0.04,
+        "weight_decay_end": 0.4,
         "betas": (0.9, 0.999),
         "warmup_epochs": 10,
         "min_lr_ratio": 0.002,
