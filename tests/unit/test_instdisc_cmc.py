@@ -76,7 +76,7 @@ def test_nce_z_moving_average_rule() -> None:
 
 
 def test_instdisc_updates_bank_with_momentum() -> None:
-    m = _instdisc()
+    m = _instdisc(bank_init="random")
     batch = _batch()
     before = m.memory.bank.clone()
     out = m.training_step(batch)
@@ -88,6 +88,33 @@ def test_instdisc_updates_bank_with_momentum() -> None:
     rest = torch.ones(N, dtype=torch.bool)
     rest[idx] = False
     assert torch.equal(m.memory.bank[rest], before[rest])  # other entries untouched
+
+
+def test_lazy_bank_init_writes_first_visit_before_the_loss() -> None:
+    m = _instdisc(loss="infonce")
+    batch = _batch()
+    idx = batch.index
+    assert not m.memory.filled.any()
+    out = m.training_step(batch)
+    assert out.embeddings is not None
+    # first visit: the entry is the sample's own feature, so the positive logit is 1 / t
+    torch.testing.assert_close(m.memory.bank[idx], out.embeddings)
+    assert float(out.logs["pos_sim"]) == pytest.approx(1.0, abs=1e-5)
+    assert int(m.memory.filled.sum()) == B and bool(m.memory.filled[idx].all())
+    m.on_step_end(0, 10)  # then the momentum rule, as with a random bank
+    first = m.memory.bank[idx].clone()
+    out2 = m.training_step(_batch(seed=0))
+    assert out2.embeddings is not None
+    torch.testing.assert_close(m.memory.bank[idx], first)  # written entries are not refilled
+    m.on_step_end(1, 10)
+    torch.testing.assert_close(m.memory.bank[idx],
+                               F.normalize(0.5 * first + 0.5 * out2.embeddings, dim=1))
+    m.eval()
+    fresh = _instdisc().eval()
+    fresh.training_step(batch)
+    assert not fresh.memory.filled.any()  # evaluation never writes the bank
+    with pytest.raises(ConfigError, match="method_args.bank_init"):
+        _instdisc(bank_init="zeros")
 
 
 def test_instdisc_options_and_errors() -> None:

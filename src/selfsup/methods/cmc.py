@@ -11,7 +11,9 @@ over a graph of views (sec. 3.3): ``graph="core"`` pairs the core view 0 with ev
 ``z_i`` against view ``j``'s memory bank (positive: the sample's own entry; ``m`` noise entries)
 with NCE (``Z`` per ordered pair) or its softmax variant, as InstDisc (sec. 3.2; see
 :mod:`selfsup.methods.instdisc` for ``Z``); ``negatives="batch"`` uses the other samples of the
-(global) batch instead of banks. Banks are updated with momentum 0.5 after each step.
+(global) batch instead of banks. Banks are updated with momentum 0.5 after each step; by default
+(``bank_init="lazy"``) an entry first holds the sample's own first embedding, for the reason given
+in :mod:`selfsup.methods.instdisc` ("Bank initialisation").
 
 The evaluated representation is the concatenation of the per-view encoders' features
 (sec. 4.1): :class:`ChannelGroupEncoder` maps full images ``[B, C, H, W]`` to
@@ -68,6 +70,9 @@ class CMCConfig:
     loss: str = "nce"  # nce (sec. 3.2, NCE as InstDisc) | infonce (softmax over noise entries)
     z_momentum: float = 0.99  # NCE's Z: 0 = fixed from the first batch (code); 0.99 = EMA
     negatives: str = "bank"  # bank (sec. 3.2, memory banks) | batch (in-batch, no bank)
+    # initial banks: "random" unit vectors (code) | "lazy": an entry is set to the sample's own
+    # first embedding of that view on its first visit (see instdisc's "Bank initialisation")
+    bank_init: str = "lazy"
     graph: str = "core"  # core (sec. 3.3, eq. 6: view 0 vs others) | full (eq. 7: all pairs)
     # channel groups, one per view; [] = L|ab of Lab for RGB (sec. 4.1), else an even split
     groups: list[list[int]] = field(default_factory=list)
@@ -200,8 +205,7 @@ def view_pairs(num_views: int, graph: str) -> list[tuple[int, int]]:
 @register(
     "method",
     "cmc",
-    description="EXPERIMENTAL (not yet shown to learn, see docs): channel groups (L|ab of Lab) "
-    "as views, one encoder each, memory-bank NCE",
+    description="channel groups (L|ab of Lab) as views, one encoder each, memory-bank NCE",
     reference="Tian et al. 2020, Contrastive Multiview Coding",
 )
 class CMC(Method):
@@ -258,13 +262,14 @@ class CMC(Method):
                   "bank_momentum": 0 <= cfg.bank_momentum < 1,
                   "z_momentum": 0 <= cfg.z_momentum < 1, "loss": cfg.loss in ("nce", "infonce"),
                   "negatives": cfg.negatives in ("bank", "batch"),
+                  "bank_init": cfg.bank_init in ("lazy", "random"),
                   "graph": cfg.graph in ("core", "full")}
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(
                     f"method_args.{key}={getattr(cfg, key)!r} is invalid for cmc (num_samples "
                     ">= 2, temperature > 0, momenta in [0, 1), loss nce|infonce, negatives "
-                    "bank|batch, graph core|full)")
+                    "bank|batch, bank_init lazy|random, graph core|full)")
 
     @classmethod
     def build_encoder(cls, backbone: nn.Module, cfg: Any) -> ChannelGroupEncoder:
@@ -333,6 +338,10 @@ class CMC(Method):
             assert isinstance(bank0, MemoryBank)
             bank0.check_index(index)
         zs = self.embed_views(batch)
+        if self.training and self.cfg.negatives == "bank" and self.cfg.bank_init == "lazy":
+            for bank, z in zip(self.banks, zs, strict=True):
+                assert isinstance(bank, MemoryBank)
+                bank.fill_unwritten(index, z.detach())
         loss = torch.stack([self.pair_loss(zs, i, j, index) for i, j in self.pairs]).sum()
         if self.training and self.cfg.negatives == "bank":
             self._pending = [(v, index, z.detach()) for v, z in enumerate(zs)]

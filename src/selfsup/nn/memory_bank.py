@@ -42,6 +42,7 @@ class MemoryBank(nn.Module):
     """
 
     bank: Tensor
+    filled: Tensor
 
     def __init__(self, size: int, dim: int, momentum: float = 0.5) -> None:
         super().__init__()
@@ -52,6 +53,8 @@ class MemoryBank(nn.Module):
             raise ConfigError(f"memory bank: momentum must be in [0, 1), got {momentum!r}")
         self.size, self.dim, self.momentum = size, dim, float(momentum)
         self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=1))
+        # which entries hold a real feature (written by update/fill_unwritten) rather than noise
+        self.register_buffer("filled", torch.zeros(size, dtype=torch.bool))
 
     def check_index(self, index: Tensor, option: str = "method_args.num_samples") -> None:
         """Raise a DataError if a dataset index does not fit the bank.
@@ -106,6 +109,33 @@ class MemoryBank(nn.Module):
             index, features = dist.all_gather(index), dist.all_gather(features.contiguous())
         new = self.momentum * self.bank[index] + (1.0 - self.momentum) * features.to(self.bank)
         self.bank.index_copy_(0, index, F.normalize(new, dim=1))
+        self.filled[index] = True
+
+    @torch.no_grad()
+    def fill_unwritten(self, index: Tensor, features: Tensor, gather: bool = True) -> None:
+        """Set never-written entries to ``normalize(f_i)`` outright (no momentum).
+
+        The lazy alternative to the random initial bank: a sample's entry becomes its own first
+        feature the first time it is visited, *before* the loss reads it, so no anchor is ever
+        contrasted against a random positive (see :mod:`selfsup.methods.instdisc`, "Bank
+        initialisation"). Entries already written are left alone.
+
+        Raises:
+            DataError: as :meth:`update`.
+        """
+        if features.dim() != 2 or features.shape != (index.shape[0], self.dim):
+            raise DataError(
+                f"memory bank fill expects features [B, {self.dim}] for B = {index.shape[0]} "
+                f"indices, got {tuple(features.shape)}"
+            )
+        self.check_index(index)
+        if gather:
+            index, features = dist.all_gather(index), dist.all_gather(features.contiguous())
+        new = ~self.filled[index]
+        if bool(new.any()):
+            idx = index[new]
+            self.bank.index_copy_(0, idx, F.normalize(features[new].to(self.bank), dim=1))
+            self.filled[idx] = True
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}, momentum={self.momentum}"
