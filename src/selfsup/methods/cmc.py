@@ -205,7 +205,8 @@ def view_pairs(num_views: int, graph: str) -> list[tuple[int, int]]:
 @register(
     "method",
     "cmc",
-    description="channel groups (L|ab of Lab) as views, one encoder each, memory-bank NCE",
+    description="EXPERIMENTAL (not yet shown to learn, see docs): channel groups (L|ab of Lab) "
+    "as views, one encoder each, memory-bank NCE",
     reference="Tian et al. 2020, Contrastive Multiview Coding",
 )
 class CMC(Method):
