@@ -205,8 +205,8 @@ def view_pairs(num_views: int, graph: str) -> list[tuple[int, int]]:
 @register(
     "method",
     "cmc",
-    description="EXPERIMENTAL (not yet shown to learn, see docs): channel groups (L|ab of Lab) "
-    "as views, one encoder each, memory-bank NCE",
+    description="channel groups (L|ab of Lab, band groups) as views, one encoder each, "
+    "memory-bank NCE or in-batch negatives",
     reference="Tian et al. 2020, Contrastive Multiview Coding",
 )
 class CMC(Method):
