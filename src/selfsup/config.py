@@ -90,7 +90,8 @@ class OptimConfig:
     lr: float | None = None  # base learning rate at batch 256 (see lr_scaling)
     lr_scaling: str | None = None  # linear (lr * B / 256) | sqrt | none
     weight_decay: float | None = None  # not applied to biases and normalisation parameters
-    weight_decay_end: float | None = None  # cosine from weight_decay to this (DINO); None = constant
+    weight_decay_end: float | None = None  # cosine from weight_decay to this (DINO); None =
+    # constant; a method's end value is dropped when the user sets weight_decay alone
     momentum: float | None = None  # SGD / LARS momentum
     betas: tuple[float, float] | None = None  # AdamW betas
     warmup_epochs: float | None = None  # linear warm-up length in epochs

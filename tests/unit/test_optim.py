@@ -96,6 +96,12 @@ def test_weight_decay_schedule_is_cosine_and_constant_by_default() -> None:
     assert weight_decay_at(sched, 0, 100) == pytest.approx(0.04)
     assert weight_decay_at(sched, 50, 100) == pytest.approx(0.22)  # cosine midpoint
     assert weight_decay_at(sched, 100, 100) == pytest.approx(0.4)
+    # a method's schedule (DINO's 0.04 -> 0.4) gives way to a weight decay the user sets alone
+    method = {"weight_decay": 0.04, "weight_decay_end": 0.4}
+    assert resolve(OptimConfig(), method).weight_decay_end == 0.4
+    assert resolve(OptimConfig(weight_decay=0.0), method).weight_decay_end is None
+    assert resolve(OptimConfig(weight_decay=0.0, weight_decay_end=0.1), method).weight_decay_end \
+        == 0.1
     with pytest.raises(ConfigError, match="weight_decay_end"):
         resolve(OptimConfig(weight_decay_end=-1.0), {})
 

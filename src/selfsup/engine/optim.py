@@ -99,6 +99,8 @@ def resolve(user: OptimConfig, method_defaults: dict[str, Any]) -> OptimConfig:
     merged = dict(FALLBACK)
     merged.update(method_defaults)
     merged.update({k: v for k, v in to_dict(user).items() if v is not None})
+    if user.weight_decay is not None and user.weight_decay_end is None:
+        merged["weight_decay_end"] = None  # a weight decay set by the user stays constant
     cfg = from_dict(OptimConfig, merged, where="optim")
     if cfg.name not in OPTIMIZERS:
         raise ConfigError(f"optim.name '{cfg.name}' is unknown; expected one of {', '.join(OPTIMIZERS)}")
