@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from selfsup.losses.distillation import byol_loss, simsiam_loss
-from selfsup.losses.redundancy import barlow_twins_loss, vicreg_loss
+from selfsup.losses.redundancy import barlow_twins_loss
+from selfsup.losses.vicreg import vicreg_loss
 from selfsup.methods.base import Method, build_method
 from selfsup.nn.backbones import create_backbone
 from selfsup.types import Batch, ConfigError, DataError

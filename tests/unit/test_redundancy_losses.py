@@ -12,14 +12,16 @@ import torch
 from gloo_harness import run_on_ranks
 from selfsup.losses.redundancy import (
     BarlowTwinsLoss,
-    VICRegLoss,
     barlow_twins_loss,
     barlow_twins_terms,
     batch_standardize,
-    covariance_loss,
     cross_correlation,
-    invariance_loss,
     off_diagonal,
+)
+from selfsup.losses.vicreg import (
+    VICRegLoss,
+    covariance_loss,
+    invariance_loss,
     variance_loss,
     vicreg_loss,
     vicreg_terms,

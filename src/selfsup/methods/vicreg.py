@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from selfsup.losses.redundancy import VICRegLoss
+from selfsup.losses.vicreg import VICRegLoss
 from selfsup.methods.base import Method
 from selfsup.nn.heads import mlp
 from selfsup.registry import register
@@ -58,7 +58,7 @@ class VICReg(Method):
         backbone: the encoder (evaluated and exported).
         projector: the expander ``[B, num_features] -> [B, proj_out_dim]``: Linear-BN-ReLU hidden
             layers and a final Linear without bias (as in the authors' code).
-        criterion: :class:`~selfsup.losses.redundancy.VICRegLoss`; variance and covariance over
+        criterion: :class:`~selfsup.losses.vicreg.VICRegLoss`; variance and covariance over
             the batch gathered from all ranks when running distributed.
 
     Raises:
