@@ -12,7 +12,8 @@ from sklearn.datasets import load_digits
 
 from selfsup.config import DataConfig
 from selfsup.data.arrays import array_layout, gather_rows, stratified_split
-from selfsup.data.datasets import from_config, open_dataset, split_holdout, split_labeled
+from selfsup.data.datasets import open_dataset
+from selfsup.data.splits import from_config, split_holdout, split_labeled
 from selfsup.types import ConfigError, DataError
 
 RNG = np.random.default_rng(0)

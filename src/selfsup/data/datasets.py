@@ -24,7 +24,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from selfsup import registry
-from selfsup.config import DataConfig
 from selfsup.data.arrays import (
     SPLITS,
     gather_rows,
@@ -37,7 +36,7 @@ from selfsup.data.loader import make_loader
 from selfsup.types import ConfigError, DataError
 
 __all__ = [
-    "ImageDataset", "from_config", "make_loader", "open_dataset", "split_holdout", "split_labeled",
+    "ImageDataset", "make_loader", "open_dataset",
 ]
 
 logger = logging.getLogger("selfsup")
@@ -323,82 +322,3 @@ def open_dataset(path: str, *, split: str = "train", image_size: int | None = No
         raise DataError(f"data path '{path}' is neither a folder nor an .npz/.npy file")
     raise DataError(f"data path '{path}' does not exist and is not a built-in dataset "
                     f"(built-ins: {', '.join(names)})")
-
-
-def split_holdout(ds: ImageDataset, fraction: float, seed: int
-                  ) -> tuple[ImageDataset, ImageDataset]:
-    """Hold out a seeded ``fraction`` of ``ds``, class-stratified (unlabeled samples form one
-    more group); both parts share the storage and keep their labels.
-
-    Returns:
-        ``(rest, held_out)``.
-
-    Raises:
-        ConfigError: if ``fraction`` is not in ``(0, 1)``.
-        DataError: if either part would be empty.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"hold-out fraction must be in (0, 1), got {fraction}")
-    held, rest = stratified_split(ds.labels, fraction, seed)
-    if len(held) == 0 or len(rest) == 0:
-        raise DataError(f"holding out {fraction:g} of the {len(ds)} images of '{ds.source}' "
-                        f"leaves {len(rest)} and {len(held)}; both parts need images")
-    return ds.subset(rest), ds.subset(held)
-
-
-def split_labeled(ds: ImageDataset, fraction: float, seed: int) -> ImageDataset:
-    """Keep labels on a seeded, class-stratified ``fraction`` of ``ds``; the rest become -1.
-
-    Every class keeps ``round(fraction * n_c)`` labels, at least one. Images are shared.
-
-    Raises:
-        ConfigError: if ``fraction`` is not in ``(0, 1]`` (naming ``data.labeled_fraction``).
-        DataError: if ``ds`` has no labels.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"data.labeled_fraction must be in (0, 1], got {fraction}")
-    if not ds.has_labels:
-        raise DataError(f"data.labeled_fraction needs labels but '{ds.source}' has none")
-    keep, _ = stratified_split(ds.labels, fraction, seed)
-    mask = torch.zeros(len(ds), dtype=torch.bool)
-    mask[keep] = True
-    for c in torch.unique(ds.labels[ds.labels >= 0]).tolist():  # at least one label per class
-        members = torch.nonzero(ds.labels == c).flatten()
-        if not mask[members].any():
-            mask[members[0]] = True
-    return ds.with_labels(torch.where(mask, ds.labels, torch.full_like(ds.labels, -1)))
-
-
-def from_config(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None]:
-    """Open ``cfg.path`` and derive the training set and the held-out monitor set.
-
-    ``limit`` is applied first; then ``val_fraction`` holds out a seeded class-stratified subset
-    (keeping all its labels, for the online kNN monitor); then ``labeled_fraction`` strips the
-    labels from all but a stratified fraction of the training part.
-
-    Returns:
-        ``(train, val)``; ``val`` is None when ``cfg.val_fraction`` is 0.
-
-    Raises:
-        ConfigError: naming ``data.val_fraction``, ``data.labeled_fraction``, ``data.split``,
-            ``data.limit``, ``data.image_size`` or ``data.num_workers`` when out of range.
-        DataError: as :func:`open_dataset`, or when the monitor split needs labels that the
-            data lack, or leaves either part empty.
-    """
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.val_fraction}")
-    if cfg.labeled_fraction is not None and not 0.0 < cfg.labeled_fraction <= 1.0:
-        raise ConfigError(f"data.labeled_fraction must be in (0, 1], got {cfg.labeled_fraction}")
-    if cfg.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
-    ds = open_dataset(cfg.path, split=cfg.split, image_size=cfg.image_size, strict=cfg.strict,
-                      limit=cfg.limit)
-    val: ImageDataset | None = None
-    if cfg.val_fraction > 0:
-        if not ds.has_labels:
-            raise DataError(f"data.val_fraction={cfg.val_fraction} holds out labeled images for "
-                            f"the kNN monitor, but '{ds.source}' has no labels; set it to 0")
-        ds, val = split_holdout(ds, cfg.val_fraction, cfg.seed)
-    if cfg.labeled_fraction is not None and cfg.labeled_fraction < 1.0:
-        ds = split_labeled(ds, cfg.labeled_fraction, cfg.seed)
-    return ds, val

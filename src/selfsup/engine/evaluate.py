@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from selfsup.data.datasets import ImageDataset, open_dataset, split_holdout
+from selfsup.data.datasets import ImageDataset, open_dataset
+from selfsup.data.splits import split_holdout
 from selfsup.engine.runs import LoadedRun, load_run, pick_device, preprocessor
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy

@@ -13,7 +13,7 @@ from torch import nn
 
 from selfsup import registry
 from selfsup.config import from_dict
-from selfsup.data.datasets import split_labeled
+from selfsup.data.splits import split_labeled
 from selfsup.engine.evaluate import eval_data
 from selfsup.engine.runs import LoadedRun, backbone_from, load_run, pick_device, preprocessor
 from selfsup.eval.finetune import Classifier, FinetuneConfig, classify, finetune, self_distill

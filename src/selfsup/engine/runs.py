@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from selfsup import registry
 from selfsup.config import RunConfig, from_dict, replace
-from selfsup.data.datasets import ImageDataset, from_config
+from selfsup.data.datasets import ImageDataset
+from selfsup.data.splits import from_config
 from selfsup.data.stats import Normalization, compute_normalization
 from selfsup.data.views import MultiView, eval_transform, get_preset
 from selfsup.engine import checkpoint
