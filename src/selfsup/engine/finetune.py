@@ -11,11 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup import registry
-from selfsup.config import from_dict
 from selfsup.data.splits import split_labeled
 from selfsup.engine.evaluate import eval_data
-from selfsup.engine.runs import LoadedRun, backbone_from, load_run, pick_device, preprocessor
+from selfsup.engine.runs import (
+    LoadedRun,
+    backbone_from,
+    load_run,
+    method_config,
+    pick_device,
+    preprocessor,
+)
 from selfsup.eval.finetune import Classifier, FinetuneConfig, classify, finetune, self_distill
 from selfsup.methods.base import Method, build_method
 from selfsup.types import CheckpointError, ConfigError, DataError
@@ -61,10 +66,7 @@ def finetune_encoder(run: LoadedRun, head_layers: int, *, trained: bool, seed: i
 def default_head_layers(run: LoadedRun) -> int:
     """The method's own fine-tuning depth (the Config's ``finetune_layers``, e.g. simclr_v2's 1),
     else 0."""
-    cls = registry.get("method", run.cfg.method).obj
-    cfg = from_dict(cls.Config, {k: v for k, v in run.cfg.method_args.items() if v is not None},
-                    where="method_args")
-    return int(getattr(cfg, "finetune_layers", 0))
+    return int(getattr(method_config(run.cfg), "finetune_layers", 0))
 
 
 def finetune_checkpoint(checkpoint: str, data: str | None = None, test_data: str | None = None,

@@ -77,13 +77,22 @@ def encoder_from(cfg: RunConfig, in_chans: int, image_size: int) -> nn.Module:
         ConfigError: for method options that do not fit the data (e.g. CMC's channel groups).
     """
     backbone = backbone_from(cfg, in_chans, image_size)
-    cls = registry.get("method", cfg.method).obj
-    build = getattr(cls, "build_encoder", None)
+    build = getattr(registry.get("method", cfg.method).obj, "build_encoder", None)
     if build is None:
         return backbone
-    method_cfg = from_dict(cls.Config, dict(cfg.method_args), where="method_args")
-    enc: nn.Module = build(backbone, method_cfg)
+    enc: nn.Module = build(backbone, method_config(cfg))
     return enc
+
+
+def method_config(cfg: RunConfig) -> Any:
+    """The method's resolved Config dataclass: paper defaults with ``cfg.method_args`` applied.
+
+    Raises:
+        ConfigError: for an unknown or ill-typed method option (named as ``method_args.<key>``).
+    """
+    cls = registry.get("method", cfg.method).obj
+    args = {k: v for k, v in cfg.method_args.items() if v is not None}
+    return from_dict(cls.Config, args, where="method_args")
 
 
 def normalization_from(cfg: RunConfig, ds: ImageDataset) -> Normalization:
