@@ -16,12 +16,17 @@ Usage::
     python benchmarks/methods.py --out docs/benchmarks.md                 # everything
     python benchmarks/methods.py --methods byol dino --datasets mnist
     python benchmarks/methods.py --quick --out /tmp/m.md --results /tmp/m  # smoke test
+
+Runs accumulate: rows already in ``<results>/summary.json`` (from an earlier run with the same
+``--quick`` setting) are kept unless this run measures the same dataset and method again, so
+the table can be built in parts on an idle machine. ``--fresh`` starts from an empty summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +84,7 @@ def method_rows(dataset: str, method: str, a: argparse.Namespace, results: Path,
     """The selfsup row and (when wired and available) the lightly row of one method."""
     args = row_args(dataset, method, a)
     rows = [run.run_row(f"{dataset}_{method}_selfsup", "selfsup_method.py", args, results)]
+    rows[0].update({"method": method, "library": "selfsup"})
     if a.skip_lightly or method not in lightly_methods.BUILDERS:
         return rows
     if light_py is None:
@@ -89,8 +95,28 @@ def method_rows(dataset: str, method: str, a: argparse.Namespace, results: Path,
         rows.append(run.run_row(f"{dataset}_{method}_lightly", "lightly_methods.py",
                                 [*args, *workers], results, python=light_py))
     rows[-1].update({"method": method, "library": "lightly"})
-    rows[0].update({"method": method, "library": "selfsup"})
     return rows
+
+
+def previous_summary(path: Path, quick: bool, fresh: bool) -> dict[str, Any] | None:
+    """The summary an earlier run left in ``path`` when its rows can be merged with this run's
+    (same ``--quick`` setting, readable JSON), else ``None``."""
+    if fresh or not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"ignoring unreadable {path}: {e}", file=sys.stderr)
+        return None
+    if not isinstance(old, dict) or old.get("quick") != quick or "rows" not in old:
+        return None
+    return old
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` rows of methods ``new`` does not measure, then ``new`` (in its order)."""
+    redone = {r.get("method") for r in new}
+    return [r for r in old if r.get("method") not in redone] + new
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,6 +126,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file to write into")
     p.add_argument("--results", default="benchmarks/results/methods", help="raw JSON folder")
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    p.add_argument("--fresh", action="store_true",
+                   help="drop the rows an earlier run left in <results>/summary.json")
     p.add_argument("--skip-lightly", action="store_true", help="selfsup rows only")
     p.add_argument("--lightly-python", help="interpreter with lightly (default: this one, or "
                    "$SELFSUP_LIGHTLY_PYTHON)")
@@ -123,15 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     light_py, light_version = (None, None) if a.skip_lightly else lightly_python(a.lightly_python)
     cmd = ["python", "benchmarks/methods.py", *(sys.argv[1:] if argv is None else argv)]
+    old = previous_summary(results / "summary.json", a.quick, a.fresh)
     summary: dict[str, Any] = {"machine": common.machine_info(), "quick": a.quick,
                                "command": " ".join(cmd), "lightly_version": light_version,
                                "lightly_python": light_py, "results": str(run._rel(results)),
-                               "rows": {}}
+                               "rows": dict(old["rows"]) if old else {},
+                               "commands": [*(old.get("commands") or [old.get("command")]
+                                              if old else []), " ".join(cmd)]}
     t0 = time.perf_counter()
     for dataset in a.datasets:
-        rows = summary["rows"].setdefault(dataset, [])
+        earlier = summary["rows"].get(dataset, [])
+        new: list[dict[str, Any]] = []
         for method in a.methods or names:
-            rows += method_rows(dataset, method, a, results, light_py)
+            new += method_rows(dataset, method, a, results, light_py)
+            summary["rows"][dataset] = merge_rows(earlier, new)
             common.write_json(results / "summary.json", summary)  # partial results survive
     summary["total_seconds"] = time.perf_counter() - t0
     summary["machine_end"] = {"load_average_1min": common.machine_info()["load_average_1min"]}
@@ -141,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     report.write_section(out, text, methods_report.START, methods_report.END)
     print(f"\nwrote {run._rel(out)} and {run._rel(results)}/*.json in "
           f"{summary['total_seconds']:.0f} s\n{text}")
-    failed = [r.get("name") for rs in summary["rows"].values() for r in rs if "error" in r]
+    failed = [r.get("name") for rs in summary["rows"].values() for r in rs
+              if "error" in r and r.get("method") in set(a.methods or names)]
     if failed:
         print(f"failed rows: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1 if failed else 0

@@ -110,16 +110,22 @@ def render(summary: dict[str, Any]) -> str:
     if summary.get("quick"):
         lines += ["**Quick smoke-test settings (`--quick`): these are not benchmark numbers.**",
                   ""]
+    rows = [r for rs in summary.get("rows", {}).values() for r in rs]
+    dates = sorted(str(r["date"])[:16].replace("T", " ") for r in rows if r.get("date"))
+    when = f"between {dates[0]} and {dates[-1]}" if dates else str(m["date"])[:10]
+    commands = summary.get("commands") or [summary.get("command", "make bench-methods")]
+    loads = [m["load_average_1min"], end.get("load_average_1min", 0.0),
+             *(r["load_average_1min"] for r in rows if r.get("load_average_1min") is not None)]
     lines += [
-        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch "
+        f"Measured {when} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch "
         f"threads), Python {m['python']}, torch {m['torch']}; lightly "
-        f"{summary.get('lightly_version') or 'not available'}. 1-minute load average "
-        f"{m['load_average_1min']:.1f} at the start, "
-        f"{end.get('load_average_1min', float('nan')):.1f} at the end.",
+        f"{summary.get('lightly_version') or 'not available'}. 1-minute load average at "
+        f"the end of each row: up to {max(loads):.1f}.",
         "",
-        f"Reproduce: `{summary.get('command', 'make bench-methods')}`; raw rows in "
-        f"`{summary.get('results', 'benchmarks/results/methods')}/*.json`; each row's own "
-        "command is in the table.",
+        "Reproduce (the table was built in parts; rows of a later command replace the same "
+        "method's earlier rows): " + "; ".join(f"`{c}`" for c in commands if c)
+        + f". Raw rows in `{summary.get('results', 'benchmarks/results/methods')}/*.json`; "
+        "each row's own command is in the table.",
         "",
         "Protocol as the SimCLR section: every registered selfsup method trained through "
         "`selfsup.pretrain` with its paper defaults (registry `Config`, `default_optim`, "
@@ -134,11 +140,11 @@ def render(summary: dict[str, Any]) -> str:
         "workers in brackets). Ratio = selfsup / lightly images/s and selfsup - lightly "
         "kNN top-1.",
     ]
-    load = max(m["load_average_1min"], end.get("load_average_1min", 0.0))
+    load = max(loads)
     if load > 1.5 * (m["cores"] or 1):
         lines += ["", f"**Caution: the machine was busy (load average up to {load:.1f} on "
                   f"{m['cores']} cores); absolute numbers are low and ratios uncertain.**"]
-    for dataset, rows in summary.get("rows", {}).items():
-        lines += method_table(dataset, rows)
+    for dataset, ds_rows in summary.get("rows", {}).items():
+        lines += method_table(dataset, ds_rows)
     lines += ["", END]
     return "\n".join(lines) + "\n"

@@ -190,6 +190,28 @@ def test_methods_driver_and_report(tmp_path):
     assert methods.main(["--methods", "no_such_method", "--out", str(out)]) == 2
 
 
+def test_methods_summary_merges_partial_runs(tmp_path):
+    """A later run replaces only the methods it measures; --fresh, a --quick mismatch or an
+    unreadable file start from nothing."""
+    import methods
+
+    old = [{"method": "byol", "library": "selfsup", "images_per_s": 1.0},
+           {"method": "byol", "library": "lightly", "images_per_s": 2.0},
+           {"method": "dino", "library": "selfsup", "images_per_s": 3.0}]
+    new = [{"method": "dino", "library": "selfsup", "images_per_s": 4.0}]
+    merged = methods.merge_rows(old, new)
+    assert [(r["method"], r["images_per_s"]) for r in merged] == \
+        [("byol", 1.0), ("byol", 2.0), ("dino", 4.0)]
+    path = tmp_path / "summary.json"
+    assert methods.previous_summary(path, quick=False, fresh=False) is None
+    path.write_text(json.dumps({"quick": False, "rows": {"mnist": old}}))
+    assert methods.previous_summary(path, quick=False, fresh=False)["rows"]["mnist"] == old
+    assert methods.previous_summary(path, quick=True, fresh=False) is None
+    assert methods.previous_summary(path, quick=False, fresh=True) is None
+    path.write_text("{not json")
+    assert methods.previous_summary(path, quick=False, fresh=False) is None
+
+
 def test_methods_report_ratio():
     import methods_report
 
