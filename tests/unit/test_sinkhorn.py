@@ -74,3 +74,18 @@ def test_low_precision_input_and_bad_input() -> None:
         sinkhorn(s, iters=0)
     with pytest.raises(DataError, match=r"\[B, K\]"):
         sinkhorn(torch.zeros(3))
+
+
+def test_large_logits_do_not_overflow_and_a_constant_shift_changes_nothing() -> None:
+    """DINOv2 feeds unbounded teacher logits at eps = tau_t = 0.04: exp(20 / 0.04) overflows
+    float32 (not float64, the reference's dtype); a sample whose scores are all far below the
+    others still gets a code (no 0/0 column)."""
+    s = _scores(16, 6) * 20.0
+    q = sinkhorn(s, 0.04, 3)
+    assert bool(torch.isfinite(q).all())
+    torch.testing.assert_close(q.double(), _reference(s, 0.04, 3), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sinkhorn(s + 7.0, 0.04, 3), q, rtol=1e-5, atol=1e-6)
+    s[0] -= 200.0  # exp((s - max) / eps) of this row underflows to 0 in float64 too
+    q = sinkhorn(s, 0.04, 3)
+    assert bool(torch.isfinite(q).all())
+    torch.testing.assert_close(q.sum(1), torch.ones(16))

@@ -5,11 +5,13 @@ polytope ``{Q in R_+^{K x B} : Q 1_B = 1_K / K, Q^T 1_K = 1_B / B}`` (eq. 3): ev
 receives the same share of the batch. The solution is ``Q = Diag(u) exp(C^T Z / eps) Diag(v)``
 (eq. 5), with ``u, v`` found by a few alternating row/column normalisations (Cuturi 2013);
 SwAV uses ``eps = 0.05`` and 3 iterations. In distributed training the batch is the union of all
-ranks' batches: the row sums and the total are summed over ranks, so every rank's codes are those
+ranks' batches: the row sums are summed over ranks, so every rank's codes are those
 one process holding the global batch would compute.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -31,10 +33,11 @@ def sinkhorn(scores: Tensor, eps: float = 0.05, iters: int = 3, distributed: boo
     the prototype totals approach ``B / K`` as ``iters`` grows.
 
     Args:
-        scores: ``[B, K]`` similarities of this rank's samples to the ``K`` prototypes. They are
-            divided by ``eps`` and exponentiated in float32 without shifting (a per-rank shift
-            would break the cross-rank sums), so they should be bounded, as cosine similarities
-            of normalised embeddings and prototypes are.
+        scores: ``[B, K]`` similarities of this rank's samples to the ``K`` prototypes (SwAV:
+            cosines; DINOv2: unbounded teacher logits). The iterations run on ``log Q`` in
+            float32 (row and column log-sum-exps, the row ones over all ranks), which gives
+            the same codes as the plain iteration without its overflow (``exp(30 / 0.04)``)
+            or all-zero columns for samples far below the others.
         eps: entropic regularisation ``epsilon`` (> 0); SwAV uses 0.05.
         iters: alternating normalisation steps (>= 1); SwAV uses 3.
         distributed: sum row totals over ranks with :mod:`selfsup.utils.dist` (no-op in one
@@ -54,19 +57,24 @@ def sinkhorn(scores: Tensor, eps: float = 0.05, iters: int = 3, distributed: boo
     if scores.dim() != 2 or scores.numel() == 0:
         raise DataError(f"sinkhorn expects scores [B, K], got {tuple(scores.shape)}")
     world = dist.world_size() if distributed else 1
-    q = torch.exp(scores.detach().float() / eps).t()  # [K, B]
-    k, b = q.shape[0], q.shape[1] * world
-    total = q.sum()
-    if distributed:
-        dist.all_reduce_sum(total)
-    q /= total
+    log_q = scores.detach().float().t() / eps  # [K, B]: log of Q up to a constant
+    k, b = log_q.shape[0], log_q.shape[1] * world
+    # a global scale of Q (its first normalisation to total 1) cancels in the first row step
     for _ in range(iters):
-        rows = q.sum(dim=1, keepdim=True)  # [K, 1]: mass of each prototype, over all ranks
-        if distributed:
-            dist.all_reduce_sum(rows)
-        q /= rows
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)  # columns are local: each sample gets mass 1 / B
-        q /= b
-    q *= b  # each column (sample) now sums to 1: a soft assignment
-    return q.t()
+        # each prototype gets mass 1 / K: rows summed over all ranks
+        log_q = log_q - _row_logsumexp(log_q, distributed) - math.log(k)
+        # each sample gets mass 1 / B: columns are local
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(b)
+    return (log_q.exp() * b).t()  # each row (sample) now sums to 1: a soft assignment
+
+
+def _row_logsumexp(log_q: Tensor, distributed: bool) -> Tensor:
+    """``log sum_j exp(log_q[r, j])`` ``[K, 1]`` over this rank's columns and, if
+    ``distributed``, every other rank's: a shared per-row maximum, then summed exponentials."""
+    top = log_q.max(dim=1, keepdim=True).values
+    if distributed:
+        dist.all_reduce_max(top)
+    sums = torch.exp(log_q - top).sum(dim=1, keepdim=True)
+    if distributed:
+        dist.all_reduce_sum(sums)
+    return top + sums.log()

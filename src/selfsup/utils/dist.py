@@ -107,6 +107,13 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     return x
 
 
+def all_reduce_max(x: Tensor) -> Tensor:
+    """In-place element-wise maximum over ranks (returns ``x``)."""
+    if world_size() > 1:
+        tdist.all_reduce(x, op=tdist.ReduceOp.MAX)
+    return x
+
+
 def all_reduce_mean(x: Tensor) -> Tensor:
     """In-place mean over ranks (returns ``x``)."""
     if world_size() > 1:
