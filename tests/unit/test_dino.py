@@ -21,6 +21,7 @@ from selfsup.methods.dino import DINO
 from selfsup.nn.backbones import create_backbone
 from selfsup.nn.center import Center
 from selfsup.nn.heads import DINOHead
+from selfsup.nn.multicrop import encode_by_resolution
 from selfsup.types import Batch, ConfigError, DataError
 
 # ------------------------------------------------------------------ references
@@ -370,3 +371,52 @@ def test_vit_tiny_trains_on_dino_multicrop(size: int) -> None:
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert backbone.pos_embed.grad is not None and torch.isfinite(backbone.pos_embed.grad).all()
+
+
+def _loop_sinkhorn_dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
+                             ts: float, tt: float, iters: int) -> torch.Tensor:
+    """DINOv2's sinkhorn_knopp_teacher over all global crops, then the double loop of eq. 3."""
+    logits = torch.cat(teacher).double()  # [T*B, K]
+    q = torch.exp((logits - logits.max()) / tt).t()  # [K, T*B]
+    k, n = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        for r in range(k):
+            q[r] = q[r] / q[r].sum() / k
+        for c in range(n):
+            q[:, c] = q[:, c] / q[:, c].sum() / n
+    targets = (q * n).t().split(teacher[0].shape[0])
+    total, terms = torch.zeros((), dtype=torch.float64), 0
+    for iq, tq in enumerate(targets):
+        for v, s in enumerate(student):
+            if v == iq:
+                continue
+            log_p = torch.log_softmax(s.double() / ts, dim=-1)
+            total = total - (tq * log_p).sum(dim=1).mean()
+            terms += 1
+    return total / terms
+
+
+def test_sinkhorn_centering_matches_loop_and_equipartitions() -> None:
+    """DINOv2 option: the teacher targets are Sinkhorn codes of the teacher logits at
+    eps = tau_t over all global crops; each row is a distribution and the prototypes share the
+    batch (more evenly than the softmax targets)."""
+    m = _method(sinkhorn_centering=True)
+    batch = _batch()
+    out = m.training_step(batch)
+    with torch.no_grad():
+        feats = encode_by_resolution(m.backbone, batch.views)  # the method's BN grouping
+        student = list(m.head(feats, freeze_last_layer=True).split(B))
+        teacher = list(m.teacher_head(m.teacher_backbone(torch.cat(batch.views[:2]))).split(B))
+    ref = _loop_sinkhorn_dino_loss(student, teacher, 0.1, 0.04, 3)
+    torch.testing.assert_close(out.loss.double(), ref, rtol=1e-4, atol=1e-5)
+    logits = torch.stack(teacher)  # [2, B, K]
+    q = m.teacher_targets(logits, 0.04)
+    torch.testing.assert_close(q.sum(-1), torch.ones(2, B))
+    mass = q.reshape(-1, q.shape[-1]).sum(0)
+    soft = torch.softmax(logits / 0.04, dim=-1).reshape(-1, q.shape[-1]).sum(0)
+    assert float(mass.std()) < float(soft.std())  # closer to equal shares per prototype
+    with pytest.raises(ConfigError, match="sinkhorn_centering"):
+        _method(sinkhorn_centering=True, centering=False)
+    with pytest.raises(ConfigError, match="sinkhorn_iters"):
+        _method(sinkhorn_centering=True, sinkhorn_iters=0)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from selfsup.types import ConfigError, DataError
 
-__all__ = ["dino_loss", "koleo_loss", "teacher_entropies", "teacher_probs"]
+__all__ = ["dino_cross_entropy", "dino_loss", "koleo_loss", "teacher_entropies", "teacher_probs"]
 
 
 def _stack(x: Sequence[Tensor] | Tensor, name: str) -> Tensor:
@@ -94,15 +94,41 @@ def dino_loss(
         DataError: for mismatched shapes, more teacher than student crops, or a single crop.
         ConfigError: for a non-positive temperature.
     """
-    s = _stack(student_out, "student_out")  # [V, B, K]
     t = _stack(teacher_out, "teacher_out")  # [T, B, K]
-    n_s, n_t = s.shape[0], t.shape[0]
-    if t.shape[1:] != s.shape[1:] or n_t > n_s or n_s < 2:
+    return dino_cross_entropy(student_out, teacher_probs(t.detach(), center, teacher_temp),
+                              student_temp)
+
+
+def dino_cross_entropy(
+    student_out: Sequence[Tensor] | Tensor,
+    targets: Sequence[Tensor] | Tensor,
+    student_temp: float = 0.1,
+) -> Tensor:
+    """Eq. 3 for given teacher distributions: ``1 / |pairs| sum_{t, v != t} mean_b
+    -sum_k targets[t, b, k] log softmax(student[v, b] / tau_s)_k``.
+
+    :func:`dino_loss` with ``targets = softmax((g_t - c) / tau_t)``; DINOv2's Sinkhorn-Knopp
+    centering passes ``targets = sinkhorn(g_t, eps=tau_t)`` instead.
+
+    Args:
+        student_out: student logits of every crop, global crops first: ``V`` tensors ``[B, K]``
+            or one ``[V, B, K]`` tensor.
+        targets: teacher distributions of the ``T <= V`` global crops, ``[T, B, K]`` or a list;
+            detached here.
+        student_temp: ``tau_s`` > 0.
+
+    Raises:
+        DataError: for mismatched shapes, more teacher than student crops, or a single crop.
+        ConfigError: for a non-positive temperature.
+    """
+    s = _stack(student_out, "student_out")  # [V, B, K]
+    q = _stack(targets, "targets").detach()  # [T, B, K]
+    n_s, n_t = s.shape[0], q.shape[0]
+    if q.shape[1:] != s.shape[1:] or n_t > n_s or n_s < 2:
         raise DataError(f"dino_loss: need T <= V crops of one [B, K] shape with V >= 2, got "
-                        f"student {tuple(s.shape)} and teacher {tuple(t.shape)}")
+                        f"student {tuple(s.shape)} and teacher {tuple(q.shape)}")
     if student_temp <= 0:
         raise ConfigError(f"student temperature must be > 0, got {student_temp}")
-    q = teacher_probs(t.detach(), center, teacher_temp)  # [T, B, K]
     log_p = F.log_softmax(s / student_temp, dim=-1)  # [V, B, K]
     # ce[t, v] = mean_b H(q[t, b], p[v, b]): one contraction instead of a loop over pairs
     ce = -torch.einsum("tbk,vbk->tv", q.to(log_p.dtype), log_p) / s.shape[1]  # [T, V]

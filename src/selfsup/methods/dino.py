@@ -21,8 +21,13 @@ dominating prototype. ``centering=False`` collapses to one dimension, ``sharpeni
 
 Appendix/code details kept: crops grouped by resolution so each size takes one backbone pass
 (``MultiCropWrapper``), the last layer frozen during the first epoch, teacher temperature warm-up
-(linear over ``warmup_teacher_temp_epochs``), gradient clipping at 3.0, AdamW. Optional: DINOv2's
-KoLeo regulariser on the student's global-crop backbone features (``koleo_weight``).
+(linear over ``warmup_teacher_temp_epochs``), gradient clipping at 3.0, AdamW. Optional DINOv2
+additions (Oquab et al. 2023, "DINOv2: Learning Robust Visual Features without Supervision",
+sec. 4): the KoLeo regulariser on the student's global-crop backbone features (``koleo_weight``)
+and Sinkhorn-Knopp centering (``sinkhorn_centering``): the teacher targets are SwAV's
+equipartitioned codes of the teacher logits at ``eps = tau_t`` (3 iterations, over the global
+batch of all global crops, :func:`~selfsup.nn.sinkhorn.sinkhorn`) instead of
+``softmax((g_t - c) / tau_t)``; the center is then not used.
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from selfsup.losses.dino import dino_loss, koleo_loss, teacher_entropies, teacher_probs
+from selfsup.losses.dino import dino_cross_entropy, koleo_loss, teacher_entropies, teacher_probs
 from selfsup.methods.base import Method
 from selfsup.nn.center import Center
 from selfsup.nn.ema import EMA
 from selfsup.nn.heads import DINOHead
 from selfsup.nn.multicrop import encode_by_resolution
+from selfsup.nn.sinkhorn import sinkhorn
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
 from selfsup.utils.schedules import cosine, linear
@@ -66,6 +72,8 @@ class DINOConfig:
     centering: bool = True  # subtract the center (sec. 3.1); False: ablation of sec. 5.3/fig. 7
     sharpening: bool = True  # tau_t as set; False: tau_t = tau_s (ablation of sec. 5.3/fig. 7)
     koleo_weight: float = 0.0  # DINOv2's KoLeo on global-crop features (Oquab et al. sec. 4: 0.1)
+    sinkhorn_centering: bool = False  # DINOv2's Sinkhorn-Knopp teacher targets (Oquab et al. sec. 4)
+    sinkhorn_iters: int = 3  # Sinkhorn-Knopp iterations (DINOv2 code: 3)
 
 
 Config = DINOConfig
@@ -123,7 +131,10 @@ class DINO(Method):
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
         self.require_positive(cfg, ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers",
-                                    "global_crops"))
+                                    "global_crops", "sinkhorn_iters"))
+        if cfg.sinkhorn_centering and not cfg.centering:
+            raise ConfigError("method_args.sinkhorn_centering=true is a way of centering; it "
+                              "cannot be combined with centering=false")
         for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
             if getattr(cfg, key) <= 0:
                 raise ConfigError(f"method_args.{key} must be > 0, got {getattr(cfg, key)}")
@@ -200,25 +211,35 @@ class DINO(Method):
             teacher = self._teacher_logits(torch.cat(views[:n_g]))  # [T*B, K]
             self.center.add(teacher)
             teacher = teacher.view(n_g, b, -1)  # [T, B, K]
-        center = self.center.value if cfg.centering else None
-        loss = dino_loss(student, teacher, center, cfg.student_temp, tau_t)
+            targets = self.teacher_targets(teacher, tau_t)  # [T, B, K]
+        loss = dino_cross_entropy(student, targets, cfg.student_temp)
         logs: dict[str, Tensor | float] = {"teacher_temp": tau_t, "momentum": self.momentum}
         if cfg.koleo_weight > 0:
             koleo = sum(koleo_loss(f) for f in feats[: n_g * b].chunk(n_g))
             assert isinstance(koleo, Tensor)
             loss = loss + cfg.koleo_weight * koleo
             logs["koleo"] = koleo.detach()
-        h_sample, h_marginal = teacher_entropies(teacher_probs(teacher[0], center, tau_t))
+        h_sample, h_marginal = teacher_entropies(targets[0])
         logs.update(teacher_entropy=h_sample, teacher_marginal_entropy=h_marginal)
         return StepOutput(loss=loss, logs=logs, embeddings=feats[:b].detach())
 
     @torch.no_grad()
-    def teacher_distribution(self, x: Tensor) -> Tensor:
-        """The teacher's target ``P_t`` ``[B, out_dim]`` for images ``x`` as the loss uses it now:
-        centred (if ``centering``) and at the current teacher temperature."""
+    def teacher_targets(self, logits: Tensor, tau_t: float) -> Tensor:
+        """Teacher distributions ``[..., K]`` of teacher logits ``[..., K]``: Sinkhorn-Knopp codes
+        at ``eps = tau_t`` over all rows (and ranks) with ``sinkhorn_centering``, else
+        ``softmax((g_t - c) / tau_t)`` (no ``c`` when ``centering`` is off)."""
+        if self.cfg.sinkhorn_centering:
+            flat = logits.reshape(-1, logits.shape[-1])
+            return sinkhorn(flat, eps=tau_t, iters=self.cfg.sinkhorn_iters).view(logits.shape)
         center = self.center.value if self.cfg.centering else None
-        return teacher_probs(self._teacher_logits(x), center,
-                             self.teacher_temp_at(int(self.steps_done)))
+        return teacher_probs(logits, center, tau_t)
+
+    @torch.no_grad()
+    def teacher_distribution(self, x: Tensor) -> Tensor:
+        """The teacher's target ``P_t`` ``[B, out_dim]`` for images ``x`` as the loss uses it now
+        (centred as configured, at the current teacher temperature)."""
+        return self.teacher_targets(self._teacher_logits(x),
+                                    self.teacher_temp_at(int(self.steps_done)))
 
     @torch.no_grad()
     def on_step_end(self, step: int, total: int) -> None:
