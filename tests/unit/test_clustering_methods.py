@@ -18,7 +18,7 @@ from selfsup.methods.deepcluster_v2 import DeepClusterV2
 from selfsup.methods.swav import SwAV
 from selfsup.nn.backbones import create_backbone
 from selfsup.nn.sinkhorn import sinkhorn
-from selfsup.types import Batch
+from selfsup.types import Batch, ConfigError
 
 B, SIZE = 6, 16
 
@@ -166,3 +166,51 @@ def test_resume_is_exact(tiny_run, method: str, args: dict[str, object], stop: i
     sa, sb = straight.method.state_dict(), resumed.method.state_dict()
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
+
+
+def test_deepcluster_sobel_front_end_and_head_dropout() -> None:
+    """Paper defaults: the evaluated encoder is Sobel + a 2-channel backbone; dropout 0.5 before
+    each head layer acts in training only; sobel=False keeps the given backbone."""
+    from selfsup.nn.channels import SobelEncoder
+
+    net = create_backbone("small_cnn", 3, SIZE, width=8)
+    m = build_method("deepcluster", net, head_hidden_dim=12, num_clusters=3, pca_dim=4)
+    assert isinstance(m.backbone, SobelEncoder) and m.backbone.backbone.in_chans == 2
+    assert m.backbone.in_chans == 3 and m.backbone.backbone is not net
+    drops = [mod for mod in m.head if isinstance(mod, torch.nn.Dropout)]
+    assert [d.p for d in drops] == [0.5, 0.5]
+    x = torch.randn(B, 3, SIZE, SIZE)
+    m.train()
+    assert not torch.equal(m.head(m.backbone(x)), m.head(m.backbone(x)))  # dropout draws
+    m.eval()
+    torch.testing.assert_close(m.head(m.backbone(x)), m.head(m.backbone(x)))
+    plain = build_method("deepcluster", net, head_hidden_dim=12, num_clusters=3, pca_dim=4,
+                         sobel=False, head_dropout=0.0)
+    assert plain.backbone is net
+    with pytest.raises(ConfigError, match="head_dropout"):
+        build_method("deepcluster", net, head_dropout=1.0)
+
+
+def test_deepcluster_sobel_encoder_survives_checkpoint_and_export(tiny_run, tmp_path) -> None:
+    """load_run and export rebuild Sobel + the 2-channel backbone from the checkpoint."""
+    from selfsup.engine.export import export_encoder, load_encoder
+    from selfsup.engine.runs import load_run
+    from selfsup.engine.trainer import pretrain
+    from selfsup.nn.channels import SobelEncoder
+
+    c = tiny_run("dc", steps=3, batch=32)
+    c = replace(c, method="deepcluster", views="simclr", data=replace(c.data, limit=100),
+                method_args={"head_hidden_dim": 16, "num_clusters": 8, "pca_dim": 8})
+    res = pretrain(c)
+    run = load_run(str(res.checkpoint))
+    assert isinstance(run.encoder, SobelEncoder)
+    meta = export_encoder(res.checkpoint, tmp_path / "enc.pt")
+    assert meta["in_chans"] == 1
+    enc, _ = load_encoder(tmp_path / "enc.pt")
+    ts = torch.jit.load(str(tmp_path / "enc.ts"))
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        trained = res.method.backbone.eval()(x)
+        torch.testing.assert_close(run.encoder(x), trained)
+        torch.testing.assert_close(enc(x), trained)
+        torch.testing.assert_close(ts(x), trained, rtol=1e-4, atol=1e-5)

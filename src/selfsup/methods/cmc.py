@@ -34,7 +34,6 @@ that do not fit the data raise a ConfigError naming ``method_args.groups``.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,6 +46,7 @@ from selfsup.data.color import rgb_to_lab
 from selfsup.losses.contrastive import info_nce
 from selfsup.losses.nce import bank_info_nce, bank_logits, estimate_log_z, nce_loss
 from selfsup.methods.base import Method
+from selfsup.nn.channels import with_in_chans
 from selfsup.nn.heads import mlp
 from selfsup.nn.memory_bank import MemoryBank, NormalizingConstant
 from selfsup.registry import register
@@ -109,37 +109,6 @@ def resolve_groups(cfg: CMCConfig, in_chans: int) -> tuple[list[list[int]], bool
             f"[0, {in_chans}) for {in_chans}-channel data, got {cfg.groups}.{hint}"
         )
     return groups, False
-
-
-def with_in_chans(backbone: nn.Module, in_chans: int) -> nn.Module:
-    """A fresh copy of ``backbone`` whose input convolution takes ``in_chans`` channels.
-
-    Every weight matrix of the copy is redrawn at its original scale (so the per-view encoders
-    start independent); ``in_chans`` is updated.
-
-    Raises:
-        ConfigError: if the backbone has no ``Conv2d`` taking its ``in_chans`` channels.
-    """
-    net = copy.deepcopy(backbone)
-    old_c = getattr(net, "in_chans", None)
-    for parent in net.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == old_c:
-                new = nn.Conv2d(in_chans, child.out_channels, child.kernel_size,  # type: ignore[arg-type]
-                                child.stride, child.padding, child.dilation,  # type: ignore[arg-type]
-                                child.groups, child.bias is not None, child.padding_mode)
-                new.weight.data.normal_(0.0, float(child.weight.detach().std()))
-                if child.bias is not None and new.bias is not None:
-                    new.bias.data.zero_()
-                setattr(parent, name, new.to(child.weight.device))
-                with torch.no_grad():
-                    for m in net.modules():
-                        if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not new:
-                            m.weight.normal_(0.0, float(m.weight.detach().std()))
-                setattr(net, "in_chans", in_chans)  # noqa: B010
-                return net
-    raise ConfigError(f"cmc: backbone {type(backbone).__name__} has no input Conv2d with "
-                      f"{old_c} channels to resize for a channel group")
 
 
 class ChannelGroupEncoder(nn.Module):
@@ -278,7 +247,8 @@ class CMC(Method):
         a checkpoint or an export).
 
         Raises:
-            ConfigError: as :func:`resolve_groups` and :func:`with_in_chans`.
+            ConfigError: as :func:`resolve_groups` and
+                :func:`~selfsup.nn.channels.with_in_chans`.
         """
         in_chans = int(getattr(backbone, "in_chans", 0))
         groups, lab = resolve_groups(cfg, in_chans)

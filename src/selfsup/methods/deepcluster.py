@@ -12,7 +12,12 @@ huge cluster cannot dominate the loss.
 
 Here the "convnet + fully connected layers" of the paper are ``backbone`` + ``head``; the head's
 output (before its last ReLU, as the reference code) is what is clustered, the classifier is
-``Linear(hidden, k)``. Before the first clustering (outside the trainer) each batch is clustered
+``Linear(hidden, k)``. As in the paper's AlexNet the two head layers have dropout 0.5 in front
+(``head_dropout``), and the images go through a fixed Sobel filter first (sec. 4.1: grey level
+then horizontal and vertical gradients, which removes colour as a shortcut for the clusters;
+``sobel``): the backbone takes 2 channels and the evaluated/exported encoder is
+:class:`~selfsup.nn.channels.SobelEncoder`, which takes the original images. On data whose
+colour or intensity carries the class (grey digits) ``sobel=False`` can be the better choice. Before the first clustering (outside the trainer) each batch is clustered
 on its own so a step still has a well-defined loss.
 """
 
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.methods.base import Method
-from selfsup.nn.heads import mlp
+from selfsup.nn.channels import SobelEncoder, with_in_chans
 from selfsup.nn.kmeans import INITS, gather_labels, kmeans, pca_whiten
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
@@ -43,6 +48,8 @@ class DeepClusterConfig:
     kmeans_init: str = "random"  # faiss' random-row initialisation; or kmeans++
     classifier_std: float = 0.01  # classifier re-init N(0, std), zero bias (reference code)
     num_samples: int = 0  # training-set size N (set by the trainer from the dataset)
+    sobel: bool = True  # fixed Sobel filter in front of the backbone (sec. 4.1, reference code)
+    head_dropout: float = 0.5  # dropout before each head layer (AlexNet classifier, ref. code)
 
 
 Config = DeepClusterConfig
@@ -58,8 +65,10 @@ class DeepCluster(Method):
     """DeepCluster around any backbone with a ``num_features`` attribute.
 
     Attributes:
-        head: ``[B, num_features] -> [B, head_hidden_dim]``, two Linear layers with a ReLU
-            between (fc6, fc7); its output is clustered.
+        backbone: the evaluated encoder: :class:`~selfsup.nn.channels.SobelEncoder` around a
+            2-channel copy of the given backbone when ``sobel``, else the backbone itself.
+        head: ``[B, num_features] -> [B, head_hidden_dim]``, ``Dropout - Linear - ReLU -
+            Dropout - Linear`` (fc6, fc7); its output is clustered.
         classifier: ``Linear(head_hidden_dim, num_clusters)`` after a ReLU, re-initialised at
             every clustering.
         pseudo_labels: buffer ``[num_samples]`` int64 cluster of every training image (-1: none).
@@ -89,6 +98,10 @@ class DeepCluster(Method):
 
     def __init__(self, backbone: nn.Module, cfg: DeepClusterConfig) -> None:
         super().__init__(backbone, cfg)
+        if not 0.0 <= cfg.head_dropout < 1.0:
+            raise ConfigError(f"method_args.head_dropout must be in [0, 1), got "
+                              f"{cfg.head_dropout}")
+        self.backbone = self.build_encoder(backbone, cfg)
         num_features = self.feature_dim()
         self.require_positive(cfg, ("head_hidden_dim", "num_clusters", "pca_dim",
                                     "kmeans_iters"))
@@ -99,12 +112,26 @@ class DeepCluster(Method):
             raise ConfigError("method_args.classifier_std must be > 0 and num_samples >= 0, got "
                               f"{cfg.classifier_std} and {cfg.num_samples}")
         h = cfg.head_hidden_dim
-        self.head = mlp([num_features, h, h], batch_norm=False)
+        drop = cfg.head_dropout
+        self.head = nn.Sequential(nn.Dropout(drop), nn.Linear(num_features, h), nn.ReLU(),
+                                  nn.Dropout(drop), nn.Linear(h, h))
         self.classifier = nn.Linear(h, cfg.num_clusters)
         self._reset_classifier(torch.Generator().manual_seed(0))
         self.register_buffer("pseudo_labels", torch.full((cfg.num_samples,), -1, dtype=torch.long))
         self.register_buffer("centroids", torch.zeros(cfg.num_clusters, min(cfg.pca_dim, h)))
         self.register_buffer("clustered_epochs", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def build_encoder(cls, backbone: nn.Module, cfg: Any) -> nn.Module:
+        """The evaluated encoder: ``SobelEncoder(2-channel copy of backbone)`` when ``cfg.sobel``
+        (also used to rebuild it from a checkpoint or an export), else ``backbone``.
+
+        Raises:
+            ConfigError: as :func:`~selfsup.nn.channels.with_in_chans`.
+        """
+        if not getattr(cfg, "sobel", False):
+            return backbone
+        return SobelEncoder(with_in_chans(backbone, 2), int(getattr(backbone, "in_chans", 0)))
 
     @torch.no_grad()
     def _reset_classifier(self, g: torch.Generator) -> None:
