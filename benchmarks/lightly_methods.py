@@ -102,6 +102,17 @@ def build_simclr(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
     return lightly_simclr.recipe(s2, x)
 
 
+def build_simclr_v2(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
+    """lightly's SimCLR example with ``SimCLRProjectionHead(num_layers=3)``, the head lightly
+    documents for SimCLR v2 (BN after every layer, as selfsup's ``simclr_v2``)."""
+    import lightly_simclr
+
+    cfg = s.config()
+    s2 = dataclasses.replace(s, temperature=cfg.temperature, proj_hidden_dim=cfg.proj_hidden_dim,
+                             proj_out_dim=cfg.proj_out_dim)
+    return lightly_simclr.recipe(s2, x, num_layers=cfg.proj_layers)
+
+
 def build_moco_v2(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
     """lightly's MoCo example: MoCoProjectionHead, NTXentLoss with a memory bank of keys."""
     from lightly.loss import NTXentLoss
@@ -351,7 +362,7 @@ def build_vicreg(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
 
 
 BUILDERS: dict[str, Callable[[MethodSetting, np.ndarray, Any], Recipe]] = {
-    "simclr": build_simclr, "moco_v2": build_moco_v2, "byol": build_byol,
+    "simclr": build_simclr, "simclr_v2": build_simclr_v2, "moco_v2": build_moco_v2, "byol": build_byol,
     "simsiam": build_simsiam, "dino": build_dino, "swav": build_swav,
     "barlow_twins": build_barlow_twins, "vicreg": build_vicreg,
 }

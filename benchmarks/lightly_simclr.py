@@ -44,21 +44,25 @@ __all__ = ["ArrayImages", "LightlySimCLRModel", "build", "load_arrays", "recipe"
 
 
 class LightlySimCLRModel(nn.Module):
-    """Backbone + lightly's ``SimCLRProjectionHead`` (lightly's SimCLR example model)."""
+    """Backbone + lightly's ``SimCLRProjectionHead`` (lightly's SimCLR example model);
+    ``num_layers=3`` is SimCLR v2's head in lightly's own parametrisation."""
 
-    def __init__(self, backbone: nn.Module, hidden_dim: int, out_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, hidden_dim: int, out_dim: int,
+                 num_layers: int = 2) -> None:
         super().__init__()
         from lightly.models.modules import SimCLRProjectionHead
 
         self.backbone = backbone
         num_features = getattr(backbone, "num_features")  # noqa: B009  (a Backbone attribute)
-        self.projection_head = SimCLRProjectionHead(int(num_features), hidden_dim, out_dim)
+        self.projection_head = SimCLRProjectionHead(int(num_features), hidden_dim, out_dim,
+                                                    num_layers=num_layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
 
-def build(s: Setting, x: np.ndarray) -> tuple[LightlySimCLRModel, Any, Any]:
+def build(s: Setting, x: np.ndarray,
+          num_layers: int = 2) -> tuple[LightlySimCLRModel, Any, Any]:
     """Model, lightly transform and the normalisation (selfsup's, computed from the data)."""
     from lightly.transforms import SimCLRTransform
 
@@ -70,15 +74,17 @@ def build(s: Setting, x: np.ndarray) -> tuple[LightlySimCLRModel, Any, Any]:
                                 normalize=normalize_arg(norm))
     torch.manual_seed(s.seed)
     backbone = common.build_backbone(s, int(x.shape[-1]), size)
-    model = LightlySimCLRModel(backbone, s.proj_hidden_dim, s.proj_out_dim)
+    model = LightlySimCLRModel(backbone, s.proj_hidden_dim, s.proj_out_dim, num_layers)
     return model, transform, norm
 
 
-def recipe(s: Setting, x: np.ndarray, concat_views: bool = False) -> Recipe:
-    """lightly's SimCLR example as a :class:`~lightly_common.Recipe`."""
+def recipe(s: Setting, x: np.ndarray, concat_views: bool = False,
+           num_layers: int = 2) -> Recipe:
+    """lightly's SimCLR example as a :class:`~lightly_common.Recipe` (``num_layers`` linear
+    layers in the projection head: 2 for SimCLR, 3 for SimCLR v2)."""
     from lightly.loss import NTXentLoss
 
-    model, transform, _ = build(s, x)
+    model, transform, _ = build(s, x, num_layers)
     criterion = NTXentLoss(temperature=s.temperature)
 
     def loss(views: list[Tensor], step: int, epoch: int) -> Tensor:
