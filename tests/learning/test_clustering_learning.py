@@ -7,8 +7,10 @@ Scaled for 1,437 training images of 10 classes on CPU: heads of 512/64 (SwAV, De
 256 (DeepCluster) units; 30 SwAV prototypes, 100 DeepCluster clusters on PCA-32 features and
 DeepCluster-v2 clusterings of 30 (the papers over-cluster ImageNet's 1000 classes 3-10x); no SwAV
 queue (batch 128 is already 9% of the data). Everything else is the paper default (multi-crop
-2 + 6 crops for SwAV and v2). Measured (60 steps; random init 85.8): SwAV 91.1, DeepCluster 90.8,
-DeepCluster-v2 90.8 (docs/methods/negative_free.md). The asserted margins leave room for noise.
+2 + 6 crops for SwAV and v2). Measured (60 steps; random init 85.8): SwAV 91.1, DeepCluster-v2
+90.8; DeepCluster with its default Sobel filter and head dropout 86.6 vs 83.3 for the random-init
+encoder behind the same filter (docs/methods/negative_free.md). The asserted margins leave room
+for noise.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def test_swav_beats_random_init(learn) -> None:
 def test_deepcluster_beats_random_init(learn) -> None:
     r = learn("deepcluster", steps=STEPS, head_hidden_dim=256, num_clusters=100, pca_dim=32)
     _report("deepcluster", r)
-    assert r["trained"] > r["random"] + 2.0, r  # measured +5.0
+    assert r["trained"] > r["random"] + 2.0, r  # measured +3.3 (Sobel, dropout)
 
 
 def test_deepcluster_v2_beats_random_init(learn) -> None:
