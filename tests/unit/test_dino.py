@@ -23,6 +23,7 @@ from selfsup.nn.center import Center
 from selfsup.nn.heads import DINOHead
 from selfsup.nn.multicrop import encode_by_resolution
 from selfsup.types import Batch, ConfigError, DataError
+from sinkhorn_reference import loop_sinkhorn
 
 # ------------------------------------------------------------------ references
 
@@ -377,15 +378,7 @@ def _loop_sinkhorn_dino_loss(student: list[torch.Tensor], teacher: list[torch.Te
                              ts: float, tt: float, iters: int) -> torch.Tensor:
     """DINOv2's sinkhorn_knopp_teacher over all global crops, then the double loop of eq. 3."""
     logits = torch.cat(teacher).double()  # [T*B, K]
-    q = torch.exp((logits - logits.max()) / tt).t()  # [K, T*B]
-    k, n = q.shape
-    q = q / q.sum()
-    for _ in range(iters):
-        for r in range(k):
-            q[r] = q[r] / q[r].sum() / k
-        for c in range(n):
-            q[:, c] = q[:, c] / q[:, c].sum() / n
-    targets = (q * n).t().split(teacher[0].shape[0])
+    targets = loop_sinkhorn(logits - logits.max(), tt, iters).split(teacher[0].shape[0])
     total, terms = torch.zeros((), dtype=torch.float64), 0
     for iq, tq in enumerate(targets):
         for v, s in enumerate(student):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from selfsup.nn.sinkhorn import sinkhorn
 from selfsup.types import ConfigError, DataError
+from sinkhorn_reference import loop_sinkhorn
 
 
 def _scores(b: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -18,17 +19,7 @@ def _scores(b: int, k: int, seed: int = 0) -> torch.Tensor:
     return z @ c.t()  # cosine similarities, as SwAV's scores
 
 
-def _reference(scores: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
-    """Element-wise loops over rows and columns of Q [K, B] (SwAV's distributed_sinkhorn)."""
-    q = torch.exp(scores.double() / eps).t()
-    k, b = q.shape
-    q = q / q.sum()
-    for _ in range(iters):
-        for r in range(k):
-            q[r] = q[r] / q[r].sum() / k
-        for c in range(b):
-            q[:, c] = q[:, c] / q[:, c].sum() / b
-    return (q * b).t()
+_reference = loop_sinkhorn
 
 
 @pytest.mark.parametrize(("b", "k", "eps", "iters"),
