@@ -209,7 +209,8 @@ class DINO(Method):
         student = self.head(feats, freeze_last_layer=frozen).view(len(views), b, -1)  # [V, B, K]
         with torch.no_grad():
             teacher = self._teacher_logits(torch.cat(views[:n_g]))  # [T*B, K]
-            self.center.add(teacher)
+            if not cfg.sinkhorn_centering:  # the Sinkhorn targets do not use the center
+                self.center.add(teacher)
             teacher = teacher.view(n_g, b, -1)  # [T, B, K]
             targets = self.teacher_targets(teacher, tau_t)  # [T, B, K]
         loss = dino_cross_entropy(student, targets, cfg.student_temp)
@@ -248,5 +249,6 @@ class DINO(Method):
         self.momentum = self.momentum_at(step, total)
         self.teacher_backbone.update(self.backbone, self.momentum)
         self.teacher_head.update(self.head, self.momentum)
-        self.center.update()
+        if not self.cfg.sinkhorn_centering:
+            self.center.update()
         self.steps_done.fill_(step + 1)
