@@ -102,6 +102,14 @@ def method_table(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def lightly_versions(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The lightly version(s) of the table's lightly rows (a table built in parts may hold rows
+    of several runs, some with ``--skip-lightly``), else the last run's, else "not available"."""
+    found = sorted({str(r["lightly"]) for r in rows
+                    if r.get("library") == "lightly" and r.get("lightly")})
+    return " and ".join(found) or summary.get("lightly_version") or "not available"
+
+
 def render(summary: dict[str, Any]) -> str:
     """The markdown section (between the markers) for a ``methods.py`` summary."""
     m = summary["machine"]
@@ -119,7 +127,7 @@ def render(summary: dict[str, Any]) -> str:
     lines += [
         f"Measured {when} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch "
         f"threads), Python {m['python']}, torch {m['torch']}; lightly "
-        f"{summary.get('lightly_version') or 'not available'}. 1-minute load average at "
+        f"{lightly_versions(summary, rows)}. 1-minute load average at "
         f"the end of each row: up to {max(loads):.1f}.",
         "",
         "Reproduce (the table was built in parts; rows of a later command replace the same "

@@ -212,6 +212,17 @@ def test_methods_summary_merges_partial_runs(tmp_path):
     assert methods.previous_summary(path, quick=False, fresh=False) is None
 
 
+def test_methods_report_names_lightly_version_of_its_rows():
+    """A later --skip-lightly run must not make the header say lightly was not available."""
+    import methods_report
+
+    rows = [{"library": "selfsup"}, {"library": "lightly", "lightly": "1.6.0"}]
+    assert methods_report.lightly_versions({"lightly_version": None}, rows) == "1.6.0"
+    assert methods_report.lightly_versions({"lightly_version": None}, rows[:1]) == \
+        "not available"
+    assert methods_report.lightly_versions({"lightly_version": "1.5.0"}, rows[:1]) == "1.5.0"
+
+
 def test_methods_report_ratio():
     import methods_report
 

@@ -201,6 +201,10 @@ def test_stratified_split_partitions() -> None:
     a, b = stratified_split(labels, 0.3, seed=1)
     assert sorted(torch.cat([a, b]).tolist()) == list(range(40))
     assert [int((labels[a] == c).sum()) for c in (0, 1, -1)] == [3, 6, 3]
+    # min_rest keeps members of every group in the second part, even when fraction takes all
+    labels = torch.tensor([0, 0, 0, 1])
+    a, b = stratified_split(labels, 1.0, seed=1, min_rest=1)
+    assert labels[a].tolist() == [0, 0] and sorted(labels[b].tolist()) == [0, 1]
 
 
 def test_labeled_fraction_stratified_seeded() -> None:

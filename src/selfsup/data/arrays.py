@@ -219,26 +219,30 @@ def shared_data_file(name: str) -> Path:
                     f"folder, not found in {where}; set {SHARED_ENV}=/path/to/shared/data")
 
 
-def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+def stratified_split(labels: Tensor, fraction: float, seed: int,
+                     min_rest: int = 0) -> tuple[Tensor, Tensor]:
     """Split indices so that each class (and the unlabeled group, -1) keeps ``fraction``.
 
     Each group of size ``n`` puts ``round(fraction * n)`` random members (seeded) in the first
-    part. Both parts are returned sorted.
+    part, but never more than ``n - min_rest`` (so with ``min_rest=1`` a class of one sample stays
+    in the second part). Both parts are returned sorted.
 
     Args:
         labels: ``[N]`` int64 labels, -1 = unlabeled.
         fraction: share of every group that goes to the first part, in ``[0, 1]``.
         seed: seed of the draw; the same seed and labels give the same split.
+        min_rest: members of every group that always stay in the second part (>= 0).
 
     Returns:
         ``(first, rest)`` int64 index tensors partitioning ``range(N)``.
     """
     g = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
     first, rest = [], []
     for c in torch.unique(labels).tolist():
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=g)]
-        k = int(round(fraction * len(members)))
+        k = max(min(int(round(fraction * len(members))), len(members) - min_rest), 0)
         first.append(members[:k])
         rest.append(members[k:])
     return torch.cat(first).sort().values, torch.cat(rest).sort().values

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.data import arrays
 from selfsup.types import ConfigError, DataError
 
 
@@ -38,19 +39,11 @@ def _check(name: str, f: Tensor, y: Tensor) -> None:
 def stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Split indices of ``y`` ``[N]`` into ``(fit, held_out)`` with ``fraction`` of each class held out.
 
-    A class with a single sample stays entirely in the fit part. Deterministic given ``seed``.
+    Every class keeps at least one sample in the fit part. Deterministic given ``seed``
+    (:func:`selfsup.data.arrays.stratified_split` with ``min_rest=1``, parts swapped).
     """
-    g = torch.Generator().manual_seed(seed)
-    y = y.cpu()
-    fit: list[Tensor] = []
-    held: list[Tensor] = []
-    for c in torch.unique(y).tolist():
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_held = min(round(fraction * len(idx)), len(idx) - 1)
-        held.append(idx[:n_held])
-        fit.append(idx[n_held:])
-    return torch.cat(fit).sort().values, torch.cat(held).sort().values
+    held, fit = arrays.stratified_split(y, fraction, seed, min_rest=1)
+    return fit, held
 
 
 def train_linear(
