@@ -38,8 +38,9 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
     "vicreg": {"proj_hidden_dim": 512, "proj_out_dim": 512},
     # "small images / CPU: a smaller head and a faster teacher"
     "dino": {"out_dim": 4096, "hidden_dim": 512, "momentum_base": 0.99},
-    # measured digits row: "proj 512-64, 30 prototypes"
-    "swav": {"proj_hidden_dim": 512, "proj_out_dim": 64, "num_prototypes": 30},
+    # measured digits row: "proj 512-64, 100 prototypes" (at least proj_out_dim prototypes: with
+    # fewer, embeddings escape the prototypes' span; docs/methods/negative_free.md)
+    "swav": {"proj_hidden_dim": 512, "proj_out_dim": 64, "num_prototypes": 100},
     # "Small data: num_clusters of 10x the expected classes, pca_dim at most the head width, a
     # narrower head" (the paper's 10000 clusters of 4096-d fc7 features is ImageNet's: on 60k
     # MNIST images the per-epoch k-means alone took over 15 minutes and 8 GB on 2 cores)

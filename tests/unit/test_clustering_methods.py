@@ -5,6 +5,8 @@ trainer, at an epoch boundary and in the middle of an epoch."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,7 @@ def _batch(views: int = 4, seed: int = 0, index: torch.Tensor | None = None) -> 
 
 def _swav(**kw: object) -> SwAV:
     torch.manual_seed(0)
-    args = {"proj_hidden_dim": 32, "proj_out_dim": 8, "num_prototypes": 5, **kw}
+    args = {"proj_hidden_dim": 32, "proj_out_dim": 4, "num_prototypes": 5, **kw}
     m = build_method("swav", create_backbone("small_cnn", 1, SIZE, width=8), **args)
     assert isinstance(m, SwAV)
     return m
@@ -47,6 +49,16 @@ def test_swav_loss_is_swapped_prediction_of_sinkhorn_codes() -> None:
         s = [zi @ m.prototypes.weight.t() for zi in z]
         codes = [sinkhorn(s[0], 0.05, 3), sinkhorn(s[1], 0.05, 3)]
         torch.testing.assert_close(out.loss, swapped_prediction_loss(s, codes, [0, 1], 0.1))
+
+
+def test_swav_warns_when_prototypes_cannot_span_the_embedding_space(caplog) -> None:
+    """K < D lets embeddings leave the prototypes' span (uniform predictions, loss log K)."""
+    with caplog.at_level(logging.WARNING, logger="selfsup.methods.swav"):
+        _swav()
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="selfsup.methods.swav"):
+        _swav(proj_out_dim=8)
+    assert "num_prototypes=5 < proj_out_dim=8" in caplog.text
 
 
 def test_swav_prototypes_frozen_for_the_first_epoch_then_trained_and_normalised() -> None:
@@ -77,7 +89,7 @@ def test_swav_queue_starts_at_its_epoch_and_joins_sinkhorn_when_full() -> None:
             assert int(m.queue_filled) == 0
     # steps 2, 3 fill 6 + 6 rows: the queue is used from step 4 on
     assert logs == [0.0, 0.0, 0.0, 0.0, 1.0] and int(m.queue_filled) == 12
-    assert m.queue.shape == (2, 12, 8)
+    assert m.queue.shape == (2, 12, 4)
     # newest first: the last push (step 4's first global crop) sits at the front
     assert last_z0 is not None
     torch.testing.assert_close(m.queue[0, :B], last_z0)

@@ -13,6 +13,7 @@ equipartitions over more samples (sec. 4 / appendix A: 3840 features, from epoch
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,6 +30,8 @@ from selfsup.nn.sinkhorn import sinkhorn
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
 from selfsup.utils import dist
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,6 +109,13 @@ class SwAV(Method):
         for key in ("queue_length", "epoch_queue_starts", "freeze_prototypes_epochs"):
             if getattr(cfg, key) < 0:
                 raise ConfigError(f"method_args.{key} must be >= 0, got {getattr(cfg, key)}")
+        if cfg.num_prototypes < cfg.proj_out_dim:
+            logger.warning(
+                "swav: num_prototypes=%d < proj_out_dim=%d: the prototypes span only part of the "
+                "embedding space, and embeddings orthogonal to all of them give uniform "
+                "predictions (loss = log K) with no gradient to leave; measured on MNIST "
+                "(docs/methods/negative_free.md). Use num_prototypes >= proj_out_dim.",
+                cfg.num_prototypes, cfg.proj_out_dim)
         self.projector = mlp([num_features, cfg.proj_hidden_dim, cfg.proj_out_dim])
         self.prototypes = Prototypes(cfg.proj_out_dim, cfg.num_prototypes)
         local = cfg.queue_length // dist.world_size()
