@@ -53,7 +53,9 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail on unreadable images instead of skipping them")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile (GPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (when stderr is not a terminal, e.g. a log file, the bar "
+                   "is redrawn every 30 s instead of every step)")
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

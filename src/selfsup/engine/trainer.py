@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,8 +214,10 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
 
     from tqdm.auto import tqdm
 
+    # redirected to a file or pipe (CI logs, nohup): a bar update every 30 s, not every step
     bar = tqdm(total=total, initial=step, disable=not (cfg.train.progress and main),
-               dynamic_ncols=True, desc=f"{cfg.method}")
+               dynamic_ncols=True, desc=f"{cfg.method}",
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     method.train()
@@ -285,7 +288,8 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                         rec.update(_collapse(result.embeddings, step))
                     if writer:
                         writer.write(step, rec)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}",
+                                    refresh=False)
                 if monitor and step % steps_per_epoch == 0 and \
                         (step // steps_per_epoch) % cfg.train.monitor_every == 0:
                     acc = monitor(method.encoder())
