@@ -85,8 +85,10 @@ def run_row(name: str, script: str, args: list[str], results: Path,
     row: dict[str, Any] = json.loads(out.read_text())
     row.update({"name": name, "command": shlex.join(shown), "wall_seconds": seconds})
     common.write_json(out, row)
-    print(f"=== {name}: {row.get('images_per_s', 0):.1f} images/s, "
-          f"kNN top-1 {row.get('knn_top1', float('nan')):.2f}, {seconds:.0f} s", flush=True)
+    knn = row.get("knn_top1")
+    knn_text = f"kNN top-1 {knn:.2f}" if knn is not None else "no kNN (throughput row)"
+    print(f"=== {name}: {row.get('images_per_s', 0):.1f} images/s, {knn_text}, "
+          f"{seconds:.0f} s", flush=True)
     return row
 
 
