@@ -89,14 +89,18 @@ class OptimConfig:
     name: str | None = None  # sgd | adamw | lars
     lr: float | None = None  # base learning rate at batch 256 (see lr_scaling)
     lr_scaling: str | None = None  # linear (lr * B / 256) | sqrt | none
-    weight_decay: float | None = None  # not applied to biases and normalisation parameters
+    weight_decay: float | None = None  # decay of kernels (dim >= 2); see decay_norm_bias
+    decay_norm_bias: bool | None = None  # also decay biases and norm parameters (dim < 2), as
+    # MoCo, SimSiam, InstDisc, DeepCluster and SwAV's code do; None = the method's reference
     weight_decay_end: float | None = None  # cosine from weight_decay to this (DINO); None =
     # constant; a method's end value is dropped when the user sets weight_decay alone
     momentum: float | None = None  # SGD / LARS momentum
     betas: tuple[float, float] | None = None  # AdamW betas
     warmup_epochs: float | None = None  # linear warm-up length in epochs
     min_lr_ratio: float | None = None  # cosine decays lr to lr * min_lr_ratio
-    clip_grad: float | None = None  # max global gradient norm; None/0 = no clipping
+    clip_grad: float | None = None  # max gradient norm; None/0 = no clipping
+    clip_mode: str | None = None  # global (one norm over all parameters, torch's
+    # clip_grad_norm_) | per_param (each parameter's own norm, DINO's utils.clip_gradients)
     accumulate: int = 1  # gradient accumulation steps per optimiser step
 
 

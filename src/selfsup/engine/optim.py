@@ -1,8 +1,11 @@
 """Optimisers (SGD, AdamW, LARS), weight-decay groups and the resolved optimisation settings.
 
-Weight decay is applied only to weights with ``p.dim() >= 2`` (conv and linear kernels); biases and
-normalisation parameters get none, as in SimCLR (appendix B.1), BYOL and nanoGPT. LARS's layer-wise
-adaptation is likewise skipped for those parameters (SimCLR's ``exclude_from_layer_adaptation``).
+Weight decay groups follow each method's reference code (``optim.decay_norm_bias``): by default it
+is applied only to weights with ``p.dim() >= 2`` (conv and linear kernels) and biases and
+normalisation parameters get none, as in SimCLR (appendix B.1), BYOL, Barlow Twins and nanoGPT;
+MoCo, SimSiam, InstDisc, DeepCluster and SwAV pass ``model.parameters()`` whole to SGD with one
+weight decay, so for them every parameter is decayed. LARS's layer-wise adaptation is skipped for
+``dim < 2`` parameters either way (SimCLR's ``exclude_from_layer_adaptation``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ FALLBACK: dict[str, Any] = {
     "warmup_epochs": 10.0,
     "min_lr_ratio": 0.0,
     "clip_grad": 0.0,
+    "clip_mode": "global",
+    "decay_norm_bias": False,
 }
+CLIP_MODES = ("global", "per_param")
 
 
 class LARS(torch.optim.Optimizer):
@@ -112,6 +118,9 @@ def resolve(user: OptimConfig, method_defaults: dict[str, Any]) -> OptimConfig:
               "clip_grad"):
         if (getattr(cfg, k) or 0) < 0:
             raise ConfigError(f"optim.{k} must be >= 0, got {getattr(cfg, k)}")
+    if cfg.clip_mode not in CLIP_MODES:
+        raise ConfigError(f"optim.clip_mode '{cfg.clip_mode}' is unknown; expected one of "
+                          f"{', '.join(CLIP_MODES)}")
     if cfg.accumulate < 1:
         raise ConfigError(f"optim.accumulate must be >= 1, got {cfg.accumulate}")
     return cfg
@@ -127,8 +136,10 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
     return cfg.lr
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: kernels (``dim >= 2``, decayed, LARS-adapted) and the rest (no decay, no LARS).
+def param_groups(model: nn.Module, weight_decay: float,
+                 decay_norm_bias: bool = False) -> list[dict[str, Any]]:
+    """Two groups: kernels (``dim >= 2``, decayed, LARS-adapted) and the rest (biases and norm
+    parameters: no LARS adaptation, decayed only with ``decay_norm_bias``).
 
     Parameters with ``requires_grad=False`` are left out (e.g. EMA teachers).
     """
@@ -140,7 +151,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "lars": True, "decay": True}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars": False, "decay": False})
+        groups.append({"params": no_decay, "weight_decay": weight_decay if decay_norm_bias else 0.0,
+                       "lars": False, "decay": decay_norm_bias})
     return groups
 
 
@@ -156,7 +168,7 @@ def weight_decay_at(cfg: OptimConfig, step: int, total: int) -> float:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """The optimiser named by the resolved ``cfg`` over :func:`param_groups` of ``model``."""
     assert cfg.weight_decay is not None and cfg.momentum is not None
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, bool(cfg.decay_norm_bias))
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars")

@@ -20,12 +20,17 @@ from selfsup.types import ConfigError
 class EMA(nn.Module):
     """A frozen copy of ``student`` updated by :meth:`update` with momentum ``m``.
 
-    Buffers (e.g. BatchNorm running statistics) are copied from the student at every update, as
-    in MoCo's and BYOL's reference code.
+    Args:
+        student: the network to copy (deep-copied once here).
+        copy_buffers: also copy the student's buffers (BatchNorm running statistics) at every
+            update. MoCo's ``_momentum_update_key_encoder`` and DINO's teacher update touch
+            parameters only, so the teacher's BatchNorm keeps statistics of its own forward
+            passes (``copy_buffers=False``); each method states which reference it follows.
     """
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, student: nn.Module, *, copy_buffers: bool = True) -> None:
         super().__init__()
+        self.copy_buffers = copy_buffers
         self.module = copy.deepcopy(student)
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -50,8 +55,9 @@ class EMA(nn.Module):
         if len(tp) != len(sp):
             raise ValueError("EMA.update: the student does not match the teacher's structure")
         torch._foreach_lerp_(tp, [p.detach() for p in sp], 1.0 - momentum)
-        for tb, sb in zip(self.module.buffers(), student.buffers()):
-            tb.copy_(sb)
+        if self.copy_buffers:
+            for tb, sb in zip(self.module.buffers(), student.buffers()):
+                tb.copy_(sb)
 
     def train(self, mode: bool = True) -> EMA:
         """The teacher's BatchNorm follows the method's mode (batch statistics while training,
