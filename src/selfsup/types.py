@@ -37,6 +37,15 @@ class NonFiniteLossError(SelfsupError, FloatingPointError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
+class NonFiniteGradientError(NonFiniteLossError):
+    """A finite loss gave NaN/inf gradients; the step was not taken, the last good checkpoint is
+    kept."""
+
+
+class NonFiniteParameterError(NonFiniteLossError):
+    """A parameter or buffer became NaN/inf; no checkpoint was written with it."""
+
+
 @dataclass
 class Batch:
     """What the trainer hands to ``Method.training_step``.

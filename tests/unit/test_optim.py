@@ -118,3 +118,65 @@ def test_trainer_applies_the_weight_decay_schedule_to_decayed_groups(tiny_run) -
     # the last step (3 of 4) set cos(pi * 3/4): 0.5 + (0.1 - 0.5) * (1 + cos(3 pi / 4)) / 2
     assert decayed[0]["weight_decay"] == pytest.approx(0.5 - 0.4 * (1 - 2 ** -0.5) / 2)
     assert all(g["weight_decay"] == 0.0 for g in groups if not g["decay"])
+
+
+def _grads(seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in ((4, 3), (7,), (2, 2, 3))]
+    for p, scale in zip(params, (10.0, 0.1, 3.0)):  # one above, one below, one near the clip
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return params
+
+
+def test_per_param_clipping_matches_dino_loop_reference() -> None:
+    """DINO's utils.clip_gradients, written as its loop: each parameter on its own norm."""
+    from selfsup.engine.optim import clip_gradients
+
+    params, ref = _grads(), _grads()
+    for p in ref:
+        norm = p.grad.norm(2)
+        coef = 3.0 / (norm + 1e-6)
+        if coef < 1:
+            p.grad.mul_(coef)
+    total = clip_gradients(params, 3.0, "per_param")
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p.grad, r.grad)
+    norms = [p.grad.norm() for p in params]
+    assert max(norms) <= 3.0 + 1e-4 and min(norms) < 1.0  # the small one is left alone
+    assert total == pytest.approx(float(torch.cat([g.grad.flatten() for g in _grads()]).norm()))
+
+
+def test_global_clipping_matches_torch_and_differs_from_per_param() -> None:
+    from selfsup.engine.optim import clip_gradients
+
+    params, ref = _grads(), _grads()
+    clip_gradients(params, 3.0, "global")
+    torch.nn.utils.clip_grad_norm_(ref, 3.0)
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p.grad, r.grad)
+    per = _grads()
+    clip_gradients(per, 3.0, "per_param")
+    assert not torch.allclose(per[1].grad, params[1].grad)  # global also shrinks the small one
+
+
+def test_clip_norm_is_non_finite_when_any_gradient_is() -> None:
+    from selfsup.engine.optim import clip_gradients
+
+    params = _grads()
+    params[1].grad[3] = float("nan")
+    assert not torch.isfinite(clip_gradients(params, 0.0, "global"))
+    with pytest.raises(ConfigError, match="clip_mode 'layer'"):
+        resolve(OptimConfig(clip_mode="layer"), {})
+
+
+def test_decay_norm_bias_puts_biases_and_norms_in_the_decayed_group() -> None:
+    from selfsup.engine.optim import build_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    for flag, want in ((False, 0.0), (True, 0.1)):
+        cfg = resolve(OptimConfig(name="sgd", weight_decay=0.1, decay_norm_bias=flag), {})
+        opt = build_optimizer(net, cfg, 0.1)
+        by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+        assert by_id[id(net[0].weight)]["weight_decay"] == 0.1
+        for p in (net[0].bias, net[1].weight, net[1].bias):
+            assert by_id[id(p)]["weight_decay"] == want and by_id[id(p)]["decay"] is flag

@@ -117,3 +117,20 @@ def test_online_knn_monitor_logs_accuracy(tiny_run) -> None:
     recs = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     accs = [r["monitor_knn_top1"] for r in recs if "monitor_knn_top1" in r]
     assert len(accs) >= 2 and all(0 <= a <= 100 for a in accs)
+
+
+def test_trainer_clips_with_the_resolved_clip_mode(tiny_run, monkeypatch) -> None:
+    from selfsup.engine import trainer
+
+    seen: list[tuple[float, str]] = []
+    real = trainer.clip_gradients
+
+    def spy(params, max_norm, mode):
+        seen.append((max_norm, mode))
+        return real(params, max_norm, mode)
+
+    monkeypatch.setattr(trainer, "clip_gradients", spy)
+    cfg = tiny_run("clip", steps=2)
+    cfg = replace(cfg, optim=replace(cfg.optim, clip_grad=3.0, clip_mode="per_param"))
+    pretrain(cfg)
+    assert seen == [(3.0, "per_param")] * 2

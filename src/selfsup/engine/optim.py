@@ -179,3 +179,28 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
         betas = cfg.betas or (0.9, 0.999)
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     return LARS(groups, lr=lr, momentum=cfg.momentum)
+
+
+@torch.no_grad()
+def clip_gradients(params: Iterable[nn.Parameter], max_norm: float, mode: str) -> Tensor:
+    """Clip the gradients of ``params`` in place and return their global L2 norm before clipping.
+
+    ``mode="global"``: one norm over all gradients, scaled to at most ``max_norm``
+    (``torch.nn.utils.clip_grad_norm_``). ``mode="per_param"``: each parameter's gradient norm on
+    its own, ``g <- g * max_norm / (||g|| + 1e-6)`` where that factor is below 1, as DINO's
+    ``utils.clip_gradients`` (facebookresearch/dino ``utils.py``). ``max_norm <= 0``: no clipping,
+    only the norm. The returned norm (a 0-d tensor) is what the trainer checks for NaN/inf, so the
+    finiteness check costs no extra pass over the gradients.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch.stack(torch._foreach_norm(grads))  # [P], one fused kernel per device/dtype
+    total = torch.linalg.vector_norm(norms)
+    if max_norm > 0:
+        if mode == "per_param":
+            coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        else:
+            coef = (max_norm / (total + 1e-6)).clamp(max=1.0).expand_as(norms)
+        torch._foreach_mul_(grads, list(coef.to(grads[0].dtype).unbind()))
+    return total

@@ -3,8 +3,16 @@
 Per step: raw batch -> device -> unit range -> batched augmentation (fp32) -> method forward under
 autocast -> loss / accumulate -> backward; every ``accumulate`` micro-batches: clip, optimiser step,
 ``method.on_step_end(step, total)`` (EMA, queues), per-step lr from a pure schedule. Checkpoints
-are atomic; Ctrl-C/SIGTERM finishes the current step, writes ``last.pt`` and exits; a non-finite loss
-stops at once and keeps the last good checkpoint.
+are atomic; Ctrl-C/SIGTERM finishes the current step, writes ``last.pt`` and exits.
+
+NaN safety: a non-finite loss stops at once; a finite loss whose gradients are NaN/inf (their
+global norm, computed anyway for clipping and logging) stops before the optimiser step; and a
+checkpoint is never written while any floating parameter or buffer is non-finite (e.g. made so by
+an EMA or bank update), so ``last.pt`` on disk is always the last good state. With fp16 autocast
+the ``GradScaler`` skips steps with inf gradients itself, so only the loss is checked there.
+
+Distributed runs save the RNG states of every rank (``rng_per_rank``) and each rank resumes its
+own stream; a stop request on any rank stops all ranks at the same step.
 """
 
 from __future__ import annotations
@@ -24,13 +32,27 @@ from torch.nn.parallel import DistributedDataParallel
 from selfsup.config import RunConfig, from_dict, replace, save_yaml, to_dict
 from selfsup.data.datasets import make_loader
 from selfsup.engine import checkpoint
-from selfsup.engine.optim import build_optimizer, resolve, scaled_lr, weight_decay_at
+from selfsup.engine.optim import (
+    build_optimizer,
+    clip_gradients,
+    resolve,
+    scaled_lr,
+    weight_decay_at,
+)
 from selfsup.engine.runs import Parts, build_parts, pick_device, preprocessor
 from selfsup.eval.collapse import collapse_report
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import OnlineKNN
 from selfsup.methods.base import Method
-from selfsup.types import Batch, CheckpointError, DataError, NonFiniteLossError
+from selfsup.types import (
+    Batch,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteGradientError,
+    NonFiniteLossError,
+    NonFiniteParameterError,
+)
 from selfsup.utils import dist
 from selfsup.utils.log import MetricsWriter, logger
 from selfsup.utils.schedules import warmup_cosine
@@ -135,6 +157,9 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         device = torch.device("cuda", dist.local_rank())
         torch.cuda.set_device(device)
     out = Path(cfg.train.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; expected a folder for the run (it is "
+                          "created if missing)")
     ckpt_path = out / "last.pt"
     payload: dict[str, Any] | None = None
     if resume:
@@ -171,10 +196,12 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model: torch.nn.Module = method
     if world > 1:
-        # buffers (memory banks, queues, EMA statistics) are kept in sync by the methods'
-        # own collectives; broadcasting them from rank 0 at every forward would cost N x D copies
+        # buffers (memory banks, queues, EMA statistics) start equal (DDP broadcasts rank 0's
+        # parameters and buffers once at init, like the one-process state) and are then kept in
+        # sync by the methods' own collectives; broadcasting them from rank 0 at every forward
+        # would cost N x D copies
         model = DistributedDataParallel(method, device_ids=[device] if device.type == "cuda"
-                                        else None, broadcast_buffers=False)
+                                        else None, forward_sync_buffers=False)
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
@@ -185,7 +212,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         optimizer.load_state_dict(payload["optimizer"])
         scaler.load_state_dict(payload["scaler"])
         step = int(payload["step"])
-        set_rng_state(payload["rng"])
+        _restore_rng(payload, cfg.train.seed, step)
         logger.info("resumed '%s' at step %d/%d", ckpt_path, step, total)
 
     main = dist.is_main()
@@ -201,13 +228,19 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                             preprocessor(parts.norm, parts.image_size), device=device)
 
     def save() -> None:
+        bad = _non_finite_state(method)  # identical on every rank (DDP), so all raise together
+        if bad:
+            raise NonFiniteParameterError(
+                f"'{bad}' became NaN/inf by step {step}; nothing was saved and the last good "
+                f"checkpoint is kept at '{ckpt_path}'. Try a lower optim.lr or optim.clip_grad=1.0")
+        rngs = dist.all_gather_object(rng_state())  # a collective: every rank takes part
         if not main:
             return
         checkpoint.save_atomic({
             "format": checkpoint.FORMAT, "version": checkpoint.library_version(), "method": cfg.method,
             "config": to_dict(cfg), "model": method.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-            "rng": rng_state(), "normalization": parts.norm.to_dict(),
+            "rng": rngs[0], "rng_per_rank": rngs, "normalization": parts.norm.to_dict(),
             "data": {"channels": parts.train.channels, "image_size": parts.image_size,
                      "num_classes": parts.train.num_classes},
         }, ckpt_path)
@@ -222,9 +255,10 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         torch.cuda.reset_peak_memory_stats(device)
     method.train()
     last_loss, seen, t_window, ips = float("nan"), 0, time.perf_counter(), 0.0
+    grad_norm: torch.Tensor | None = None
     run_ips: list[float] = []
     stop = _StopFlag()
-    with stop.installed():
+    with stop.installed(), _closing(bar):
         while step < total:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             if done_in_epoch == 0:  # mid-epoch resume: the epoch's state is in the checkpoint
@@ -253,7 +287,6 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                     result = model(batch)
                     loss = result.loss
                     if not torch.isfinite(loss.detach()):
-                        bar.close()
                         raise NonFiniteLossError(
                             f"loss became {loss.item()} at step {step}; stopped. The last good "
                             f"checkpoint is kept at '{ckpt_path}'. Try a lower optim.lr, "
@@ -264,9 +297,17 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                 if micro < accum:
                     continue
                 micro = 0
-                if ocfg.clip_grad:
+                if ocfg.clip_grad or not scaler.is_enabled():
+                    # fp16: the scaler finds inf gradients and skips the step itself
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), ocfg.clip_grad)
+                    grad_norm = clip_gradients(method.parameters(), ocfg.clip_grad or 0.0,
+                                               ocfg.clip_mode or "global")
+                    if not scaler.is_enabled() and not torch.isfinite(grad_norm):
+                        raise NonFiniteGradientError(
+                            f"gradients became NaN/inf at step {step} (loss "
+                            f"{float(loss.detach()):.4g} was finite); stopped before the update. "
+                            f"The last good checkpoint is kept at '{ckpt_path}'. Try a lower "
+                            "optim.lr, optim.clip_grad=1.0 or train.precision=fp32")
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -282,6 +323,8 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                     seen, t_window = 0, now
                     rec: dict[str, Any] = {"epoch": step / steps_per_epoch, "loss": last_loss,
                                            "lr": lr, "images_per_s": ips}
+                    if grad_norm is not None:
+                        rec["grad_norm"] = float(grad_norm)
                     rec.update({k: float(v) for k, v in result.logs.items()})
                     ce = cfg.train.collapse_every
                     if ce and result.embeddings is not None and step % ce < cfg.train.log_every:
@@ -298,17 +341,16 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                         writer.write(step, {"monitor_knn_top1": acc["top1"]})
                     logger.info("epoch %d: online kNN top-1 %.2f%%", step // steps_per_epoch,
                                 acc["top1"])
-                if step % cfg.train.ckpt_every == 0 or step in (total, stop_at) or stop.set:
+                stopping = dist.any_rank(stop.set, device) if world > 1 else stop.set
+                if step % cfg.train.ckpt_every == 0 or step in (total, stop_at) or stopping:
                     save()
-                if stop.set:
-                    bar.close()
+                if stopping:
                     raise Interrupted(f"interrupted at step {step}; checkpoint written to "
                                       f"'{ckpt_path}' (continue with --resume)")
                 if step >= total or step == stop_at:
                     break
             if step == stop_at:
                 break
-    bar.close()
     if writer:
         writer.close()
     peak = _peak_memory_mb(device)
@@ -331,6 +373,47 @@ def _start_epoch(method: Method, optimizer: torch.optim.Optimizer, parts: Parts,
         feats, index = feats.to(device), index.to(device)
     for p in method.on_epoch_start(epoch, feats, index, seed):
         optimizer.state.pop(p, None)
+
+
+@contextlib.contextmanager
+def _closing(bar: Any) -> Iterator[None]:
+    """Close the progress bar however the loop ends, so an error message starts on its own line
+    instead of after the bar's last redraw."""
+    try:
+        yield
+    finally:
+        bar.close()
+
+
+def _non_finite_state(method: Method) -> str | None:
+    """The name of the first floating parameter or buffer of ``method`` holding a NaN/inf, or
+    None. One fused norm per device/dtype; a NaN or inf anywhere makes that norm non-finite."""
+    named = [(k, v) for k, v in method.state_dict().items()
+             if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() > 0]
+    if not named:
+        return None
+    norms = torch.stack([n.float().cpu() for n in torch._foreach_norm([v for _, v in named])])
+    if bool(torch.isfinite(norms).all()):
+        return None
+    return next(k for (k, _), n in zip(named, norms) if not torch.isfinite(n))
+
+
+def _restore_rng(payload: dict[str, Any], seed: int, step: int) -> None:
+    """Give this rank its own saved RNG streams. A checkpoint from another world size (or one
+    written before per-rank states were saved, on rank > 0) re-seeds from seed, rank and step,
+    with a warning: the run goes on reproducibly but not as the uninterrupted one would."""
+    per_rank = payload.get("rng_per_rank")
+    r, world = dist.rank(), dist.world_size()
+    if per_rank is not None and len(per_rank) == world:
+        set_rng_state(per_rank[r])
+    elif world == 1 and (per_rank is None or len(per_rank) == 1):
+        set_rng_state(payload["rng"])
+    else:
+        saved = len(per_rank) if per_rank is not None else "an unknown number of"
+        if dist.is_main():
+            logger.warning("the checkpoint was written by %s processes and this run has %d: "
+                           "random streams re-seeded from seed, rank and step", saved, world)
+        seed_everything(seed + 1_000_003 * (step + 1) + r)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

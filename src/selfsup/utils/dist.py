@@ -127,3 +127,21 @@ def broadcast(x: Tensor, src: int = 0) -> Tensor:
     if world_size() > 1:
         tdist.broadcast(x, src=src)
     return x
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` without a process group)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True if ``flag`` is true on any rank (one tiny all-reduce; ``flag`` itself alone)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
