@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.config import ViewConfig
+from selfsup.engine.optim import clip_gradients
 from selfsup.utils.schedules import warmup_cosine
 
 S = TypeVar("S", bound=Setting)
@@ -128,7 +129,8 @@ def make_optimizer(s: Setting, modules: Iterable[nn.Module],
     decay, no_decay = get_weight_decay_parameters(list(modules))
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": o.weight_decay, "lr_scale": scale.get("decay", 1.0)},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale.get("no_decay", 1.0)},
+        {"params": no_decay, "weight_decay": o.weight_decay if o.decay_norm_bias else 0.0,
+         "lr_scale": scale.get("no_decay", 1.0)},
     ]
     lr = s.peak_lr()
     if o.name == "lars":
@@ -165,7 +167,7 @@ def train_loop(s: Setting, recipe: Recipe, n_train: int, loader: Iterable[Any]) 
             if recipe.after_backward is not None:
                 recipe.after_backward(step, epoch)
             if o.clip_grad:
-                nn.utils.clip_grad_norm_(params, o.clip_grad)
+                clip_gradients(params, o.clip_grad, o.clip_mode or "global")
             optimizer.step()
             optimizer.zero_grad()
             step += 1

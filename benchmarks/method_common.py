@@ -96,7 +96,8 @@ class MethodSetting(Setting):
         for k in ("temperature", "proj_hidden_dim", "proj_out_dim"):  # SimCLR-only fields
             d.pop(k, None)
         o = self.optim()
-        d["optim"].update({"betas": o.betas, "clip_grad": o.clip_grad,
+        d["optim"].update({"betas": o.betas, "clip_grad": o.clip_grad, "clip_mode": o.clip_mode,
+                           "decay_norm_bias": o.decay_norm_bias,
                            "lr_scaling": o.lr_scaling, "base_lr": o.lr})
         d["method_config"] = to_dict(self.config())
         d["views"] = self.views_name

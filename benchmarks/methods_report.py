@@ -59,8 +59,11 @@ def hyper_text(r: dict[str, Any]) -> str:
             f"({o.get('base_lr')} x B/256, {o.get('lr_scaling')}), weight decay "
             f"{o.get('weight_decay')}, warm-up {o.get('warmup_epochs')} epochs (capped at half "
             f"the run), cosine to x{o.get('min_lr_ratio')}")
+    if o.get("decay_norm_bias"):
+        text += " (biases and norm parameters decayed too)"
     if o.get("clip_grad"):
-        text += f", gradient clipping {o['clip_grad']}"
+        mode = " per parameter" if o.get("clip_mode") == "per_param" else ""
+        text += f", gradient clipping {o['clip_grad']}{mode}"
     text += f"; views `{s.get('views')}`"
     if over:
         text += f"; overrides of the paper Config: {over}"
