@@ -2,17 +2,49 @@
 
 Oord et al. 2018, "Representation Learning with Contrastive Predictive Coding" (sec. 3.2, images)
 and Hénaff et al. 2020, "Data-Efficient Image Recognition with Contrastive Predictive Coding"
-(sec. 3). The image is cut into a ``G x G`` grid of overlapping patches (paper: 7x7 patches of
-64 px with stride 32 on 256-px images; here by default patch = side / 4, stride = patch / 2, also
-a 7x7 grid). The backbone encodes every patch: ``z_ij = f(x_ij)`` (one pass over ``B*G*G``
-patches). A masked (top-to-bottom causal) convolutional context network turns the grid into
-``c_ij`` that only sees rows ``<= i``; for ``k = 1..K`` a separate linear head predicts
-``z_{i+k, j}`` from ``c_ij`` and the InfoNCE loss (Oord eq. 4) asks each prediction to pick its
-target among all patches of all images in the (global) batch.
+(sec. 3, app. A.2 pseudo-code). The image is cut into a ``G x G`` grid of overlapping patches
+(paper: 7x7 patches of 64 px with stride 32 on 256-px images; here by default patch = side / 4,
+stride = patch / 2, also a 7x7 grid). The backbone encodes every patch: ``z_ij = f(x_ij)`` (one
+pass over ``B*G*G`` patches). A masked (top-to-bottom causal) convolutional context network turns
+the grid into ``c_ij`` that only sees rows ``<= i``; for ``k = 1..K`` a separate linear head
+predicts ``z_{i+d_k, j}`` from ``c_ij`` and the InfoNCE loss (Oord eq. 4) asks each prediction to
+pick its target among all patches of all images in the (global) batch.
 
-Evaluation: :meth:`encoder` is the backbone applied to the whole image (global average pooling),
-so checkpoints and exports are plain backbones. Hénaff et al. instead mean-pool the patch
-features; with convolutional backbones the whole-image pass pools over the same receptive fields.
+What keeps the task honest (nothing of a target may reach its context):
+
+- **No batch statistics in the patch encoder** (Hénaff sec. 3, "layer normalization": BatchNorm
+  lets the network pass information between the patches of one batch and bypass the causal
+  mask). The given backbone is converted: every BatchNorm becomes ``GroupNorm(1, C)``, LayerNorm
+  over ``(C, H, W)`` of each patch (:func:`selfsup.nn.backbones.norm.replace_batchnorm`;
+  ``norm="batch"`` keeps BN, which leaks rows below ``i`` into ``c_i`` in training mode). The
+  exported encoder is this LayerNorm variant (:meth:`CPCv2.build_encoder` rebuilds it for
+  checkpoints and exports).
+- **Targets disjoint from the context.** ``c_i`` sees patch rows ``0..i``, i.e. pixel rows
+  ``[0, i*s + p)`` for patch ``p`` and stride ``s``; target row ``t`` covers ``[t*s, t*s + p)``.
+  They are disjoint iff ``t - i >= gap = ceil(p / s)``, so step ``k`` predicts row
+  ``i + d_k`` with ``d_k = gap + k - 1`` (:func:`step_offsets`): at the default ``s = p / 2`` the
+  50%-overlapping row ``i + 1`` is skipped and steps ``1..5`` predict rows ``i+2..i+6``, as
+  Lightning-Universe/lightning-bolts ``pl_bolts/losses/self_supervised_learning.py``
+  (``CPCTask.compute_loss_h``: label row ``i + 1`` for ``i >= 1``) does. Hénaff's pseudo-code
+  (``steps_to_ignore=2``; wilson1yan/cs294-158-ssl ``deepul_helper/tasks/cpc.py``) skips the
+  first disjoint row too (first target 3 rows below); we do not, so the 3-row CPU grid keeps one
+  prediction per column.
+  Steps whose row falls off the grid are dropped (their heads get a zero gradient, so DDP sees
+  every parameter used).
+- **Per-patch augmentation** in training mode (Hénaff sec. 3, "patch-based augmentation", after
+  Doersch et al. 2015; :func:`augment_patches`): each patch independently gets a random crop
+  ``patch_jitter`` smaller than the patch inside its own box (the spatial jitter of
+  cs294-158-ssl's ``CPC.forward``: 60 of 64 px), a random horizontal flip and, for 3-channel
+  images, colour dropping (two of the three channels replaced by Gaussian noise of 1/100 the
+  kept channel's std, Doersch sec. 3.1). Left out: the paper's per-patch AutoAugment-style ops,
+  elastic deformation / shearing / colour-histogram changes and colour jitter (app. A); and
+  predictions in other directions than top-to-bottom (Hénaff sec. 3, "prediction lengths and
+  directions").
+
+Evaluation: :meth:`encoder` is the (LayerNorm) backbone applied to the whole image (global average
+pooling), so checkpoints and exports are plain backbones. Hénaff et al. instead mean-pool the
+patch features; with convolutional backbones the whole-image pass pools over the same receptive
+fields.
 """
 
 from __future__ import annotations
@@ -26,6 +58,7 @@ from torch import Tensor, nn
 
 from selfsup.losses.nce import cpc_info_nce
 from selfsup.methods.base import Method
+from selfsup.nn.backbones.norm import NORMS, replace_batchnorm
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
 from selfsup.utils import dist
@@ -38,11 +71,21 @@ class CPCv2Config:
     # patch side in pixels; 0 = image side // 4 (Hénaff sec. 3 / Oord sec. 3.2: 64 of 256 px)
     patch_size: int = 0
     patch_stride: int = 0  # 0 = patch_size // 2 (50% overlap, Oord sec. 3.2)
-    prediction_steps: int = 5  # predict up to K rows ahead (Oord sec. 3.2: up to 5 rows below)
+    # K prediction steps; step k predicts the k-th row below whose patches share no pixel with
+    # the context (Oord sec. 3.2: up to 5 rows below)
+    prediction_steps: int = 5
     context_dim: int = 0  # width of the context network; 0 = the backbone's num_features
     # masked residual blocks of the context network (Hénaff app. A: a deeper PixelCNN-style
     # ResNet; 3 blocks keep small runs fast)
     context_blocks: int = 3
+    # the patch encoder's normalisation (Hénaff sec. 3: layer norm): "layer" converts every
+    # BatchNorm to GroupNorm(1, C); "batch" keeps BN (leaks other rows through batch statistics)
+    norm: str = "layer"
+    # per-patch random crop + flip + colour dropping in training (Hénaff sec. 3, "patch-based
+    # augmentation")
+    patch_aug: bool = True
+    # the per-patch crop is this fraction of the patch side smaller (cs294-158-ssl: 4 of 64 px)
+    patch_jitter: float = 0.0625
 
 
 Config = CPCv2Config
@@ -108,6 +151,53 @@ def extract_patches(x: Tensor, size: int, stride: int) -> Tensor:
     return p.permute(0, 2, 3, 1, 4, 5).contiguous()
 
 
+def step_offsets(patch: int, stride: int, steps: int, grid: int) -> list[int]:
+    """Row offsets ``d_k`` of the targets of steps ``k = 1..steps`` that fit a ``grid``-row grid.
+
+    ``d_k = ceil(patch / stride) + k - 1``: the context of row ``i`` covers pixel rows
+    ``[0, i*stride + patch)``, a target row ``i + d`` covers ``[(i+d)*stride, (i+d)*stride +
+    patch)``, and ``ceil(patch / stride)`` is the smallest ``d`` for which they are disjoint.
+    """
+    gap = -(-patch // stride)
+    return [gap + k for k in range(steps) if gap + k < grid]
+
+
+def augment_patches(p: Tensor, jitter: int) -> Tensor:
+    """Independent random augmentation of every patch ``[N, C, P, P]`` (Hénaff sec. 3, "PA").
+
+    Each patch gets a random ``(P - jitter)``-px crop at a uniform offset inside its own box, a
+    horizontal flip with probability 1/2 and, if ``C == 3``, colour dropping (Doersch et al. 2015,
+    sec. 3.1): one uniformly chosen channel is kept, the other two are replaced by Gaussian noise
+    with 1/100 of the kept channel's standard deviation over that patch. Randomness comes from
+    torch's global RNG on ``p``'s device and does not depend on pixel values, so a patch's output
+    depends on its own pixels only.
+
+    Returns:
+        ``[N, C, P - jitter, P - jitter]``.
+
+    Raises:
+        DataError: if ``p`` is not ``[N, C, P, P]`` or ``jitter`` is not in ``[0, P)``.
+    """
+    if p.dim() != 4 or p.shape[-1] != p.shape[-2] or not 0 <= jitter < p.shape[-1]:
+        raise DataError(f"cpc_v2: cannot jitter patches {tuple(p.shape)} by {jitter} px "
+                        "(method_args.patch_jitter must be in [0, 1))")
+    n, ch, size, dev = p.shape[0], p.shape[1], p.shape[-1], p.device
+    if jitter > 0:
+        q = torch.arange(size - jitter, device=dev)
+        rows = torch.randint(0, jitter + 1, (n, 1), device=dev) + q  # [N, P - jitter]
+        cols = torch.randint(0, jitter + 1, (n, 1), device=dev) + q
+        pick = torch.arange(n, device=dev)[:, None, None]
+        p = p[pick, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [N, C, q, q]
+    flip = torch.rand(n, device=dev) < 0.5
+    p = torch.where(flip[:, None, None, None], p.flip(-1), p)
+    if ch == 3:
+        keep = F.one_hot(torch.randint(0, 3, (n,), device=dev), 3).to(p.dtype)[:, :, None, None]
+        std = (p * keep).sum(1).flatten(1).std(dim=1, correction=0)  # [N], kept channel
+        noise = torch.randn_like(p) * (0.01 * std)[:, None, None, None]
+        p = p * keep + noise * (1 - keep)
+    return p.contiguous()
+
+
 @register(
     "method",
     "cpc_v2",
@@ -118,6 +208,9 @@ def extract_patches(x: Tensor, size: int, stride: int) -> Tensor:
 )
 class CPCv2(Method):
     """CPC v2 around a convolutional backbone (any input size; ViTs are rejected).
+
+    The backbone is converted in place to its LayerNorm variant (``norm="layer"``, see the module
+    docstring), so the module passed in no longer has BatchNorm layers afterwards.
 
     Attributes:
         backbone: the patch encoder ``f`` (evaluated on whole images and exported).
@@ -144,12 +237,13 @@ class CPCv2(Method):
 
     def __init__(self, backbone: nn.Module, cfg: CPCv2Config) -> None:
         super().__init__(backbone, cfg)
-        num_features = self.feature_dim()
         if getattr(backbone, "patch_size", None) is not None:
             raise ConfigError(
                 "cpc_v2 encodes image patches, so it needs a convolutional backbone that accepts "
                 "any input size (resnet*, small_cnn), not a ViT"
             )
+        self.backbone = self.build_encoder(backbone, cfg)
+        num_features = self.feature_dim()
         for key in ("patch_size", "patch_stride", "context_dim", "context_blocks"):
             if getattr(cfg, key) < 0:
                 raise ConfigError(f"method_args.{key} must be >= 0, got {getattr(cfg, key)}")
@@ -157,11 +251,28 @@ class CPCv2(Method):
             raise ConfigError(
                 f"method_args.prediction_steps must be >= 1, got {cfg.prediction_steps}"
             )
+        if not 0.0 <= cfg.patch_jitter < 1.0:
+            raise ConfigError(f"method_args.patch_jitter must be in [0, 1), got "
+                              f"{cfg.patch_jitter}")
         dim = cfg.context_dim or num_features
         self.context = ContextNetwork(num_features, dim, cfg.context_blocks)
         self.predictors = nn.ModuleList(
             nn.Linear(dim, num_features, bias=False) for _ in range(cfg.prediction_steps)
         )
+
+    @classmethod
+    def build_encoder(cls, backbone: nn.Module, cfg: Any) -> nn.Module:
+        """The patch encoder and evaluated encoder: ``backbone`` with every BatchNorm replaced by
+        ``GroupNorm(1, C)`` for ``cfg.norm == "layer"`` (in place; also used to rebuild it from a
+        checkpoint or an export), unchanged for ``"batch"``.
+
+        Raises:
+            ConfigError: for another ``method_args.norm``.
+        """
+        norm = getattr(cfg, "norm", "layer")
+        if norm not in NORMS:
+            raise ConfigError(f"method_args.norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        return replace_batchnorm(backbone, norm)
 
     def patch_geometry(self, side: int) -> tuple[int, int, int]:
         """``(patch, stride, grid)`` for square images of ``side`` pixels."""
@@ -170,28 +281,36 @@ class CPCv2(Method):
         return patch, stride, (side - patch) // stride + 1 if patch <= side else 0
 
     def patch_features(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W]`` -> patch feature grid ``[B, F, G, G]`` (one backbone pass)."""
+        """``[B, C, H, W]`` -> patch feature grid ``[B, F, G, G]`` (one backbone pass; in
+        training mode with ``patch_aug`` every patch is augmented by :func:`augment_patches`)."""
         patch, stride, _ = self.patch_geometry(min(x.shape[-2:]))
         p = extract_patches(x, patch, stride)  # [B, G, G, C, p, p]
         b, gh, gw = p.shape[:3]
-        z = self.backbone(p.flatten(0, 2))  # [B*G*G, F]
+        p = p.flatten(0, 2)  # [B*G*G, C, p, p]
+        if self.training and self.cfg.patch_aug:
+            p = augment_patches(p, int(patch * self.cfg.patch_jitter))
+        z = self.backbone(p)  # [B*G*G, F]
         return z.view(b, gh, gw, -1).permute(0, 3, 1, 2)  # [B, F, G, G]
 
     def training_step(self, batch: Batch) -> StepOutput:
         """InfoNCE of the row-ahead predictions on ``views[0]``.
 
         Raises:
-            DataError: with no view, or images too small for a grid of at least 2 rows.
+            DataError: with no view, or a patch grid too short for one target row that shares
+                no pixel with its context.
         """
         if not batch.views:
             raise DataError("cpc_v2 needs one view per image, got none")
         x = batch.views[0]
+        patch, stride, _ = self.patch_geometry(min(x.shape[-2:]))
         z = self.patch_features(x)  # [B, F, G, G]
         b, f, g, gw = z.shape
-        if g < 2:
+        offsets = step_offsets(patch, stride, len(self.predictors), g)
+        if not offsets:
             raise DataError(
-                f"cpc_v2: images {tuple(x.shape)} give a patch grid of {g} row(s); need >= 2 "
-                "(reduce method_args.patch_size / patch_stride)"
+                f"cpc_v2: images {tuple(x.shape)} give a patch grid of {g} row(s), but a target "
+                f"must lie {-(-patch // stride)} rows below its context to share no pixel with "
+                "it (reduce method_args.patch_size / patch_stride)"
             )
         c = self.context(z)  # [B, C, G, G], row i sees rows <= i
         targets = z.permute(0, 2, 3, 1).reshape(b * g * gw, f)  # row (b*G + i)*Gw + j
@@ -199,10 +318,13 @@ class CPCv2(Method):
         pool = dist.all_gather_grad(targets)  # negatives from all images of all ranks
         flat = torch.arange(b * g * gw, device=x.device).view(b, g, gw) + offset
         preds, index = [], []
-        for k, head in enumerate(self.predictors[: g - 1], start=1):
-            ctx = c[:, :, : g - k].permute(0, 2, 3, 1).reshape(-1, c.shape[1])  # rows 0..G-k-1
-            preds.append(head(ctx))  # [B*(G-k)*Gw, F]
-            index.append(flat[:, k:].reshape(-1))  # the patch k rows below
+        for head, d in zip(self.predictors, offsets):
+            ctx = c[:, :, : g - d].permute(0, 2, 3, 1).reshape(-1, c.shape[1])  # rows 0..G-d-1
+            preds.append(head(ctx))  # [B*(G-d)*Gw, F]
+            index.append(flat[:, d:].reshape(-1))  # the patch d rows below
         loss = cpc_info_nce(torch.cat(preds), pool, torch.cat(index))
+        unused = [w for head in self.predictors[len(offsets):] for w in head.parameters()]
+        if unused:  # heads of steps past the grid: a zero gradient, so DDP sees them used
+            loss = loss + 0.0 * sum(w.sum() for w in unused)
         emb = z.mean(dim=(2, 3))  # mean-pooled patch features [B, F]
         return StepOutput(loss=loss, logs={}, embeddings=emb.detach())
