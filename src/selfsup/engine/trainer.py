@@ -1,7 +1,9 @@
 """THE training loop: one explicit loop over optimiser steps (read it top to bottom).
 
 Per step: raw batch -> device -> unit range -> batched augmentation (fp32) -> method forward under
-autocast -> loss / accumulate -> backward; every ``accumulate`` micro-batches: clip, optimiser step,
+autocast -> loss / accumulate -> backward; every ``accumulate`` micro-batches:
+``method.before_optimizer_step(step)`` (gradient edits such as DINO's frozen last layer), clip,
+optimiser step,
 ``method.on_step_end(step, total)`` (EMA, queues), per-step lr from a pure schedule. Checkpoints
 are atomic; Ctrl-C/SIGTERM finishes the current step, writes ``last.pt`` and exits.
 
@@ -297,6 +299,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                 if micro < accum:
                     continue
                 micro = 0
+                method.before_optimizer_step(step)
                 if ocfg.clip_grad or not scaler.is_enabled():
                     # fp16: the scaler finds inf gradients and skips the step itself
                     scaler.unscale_(optimizer)

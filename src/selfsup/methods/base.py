@@ -79,6 +79,11 @@ class Method(nn.Module):
         ``self.steps_per_epoch``; outside the trainer it stays 1."""
         self.steps_per_epoch = steps_per_epoch
 
+    def before_optimizer_step(self, step: int) -> None:
+        """Called after the last micro-batch's backward of optimiser step ``step`` (gradients
+        reduced over ranks, not yet clipped), before ``optimizer.step()``: edit gradients the
+        reference edits there (DINO drops its frozen last layer's, ``p.grad = None``)."""
+
     def on_step_end(self, step: int, total: int) -> None:
         """Update non-gradient state (EMA, queues, centers) after the optimiser step ``step``."""
 
