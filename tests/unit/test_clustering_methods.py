@@ -157,6 +157,78 @@ def test_deepcluster_v2_bank_clusters_and_bank_updates() -> None:
     torch.testing.assert_close(m.bank[0, :3], feats[:3])  # untouched rows stay
 
 
+# ------------------------------------------------- more clusters than images (issue 10, item 8)
+
+
+def test_too_many_clusters_for_the_dataset_is_a_config_error_naming_the_option() -> None:
+    """The paper's k (10,000; 3 x 3,000) on 90 images: a ConfigError from the method, at
+    construction (num_samples known), naming the option and the largest k that works."""
+    net = create_backbone("small_cnn", 1, SIZE, width=8)
+    with pytest.raises(ConfigError, match=r"^deepcluster: method_args\.num_clusters=10000 is "
+                       r"more than the 90 training images to cluster; use at most 90 "):
+        build_method("deepcluster", net, head_hidden_dim=12, pca_dim=4, num_samples=90)
+    with pytest.raises(ConfigError, match=r"^deepcluster_v2: method_args\.num_prototypes="
+                       r"\[3000, 3000, 3000\] asks for 3000 clusters, more than the 90 training "
+                       r"images to cluster; use at most 90 per entry .*=\[90,90,90\]"):
+        build_method("deepcluster_v2", net, proj_hidden_dim=16, proj_out_dim=8, num_samples=90)
+    with pytest.raises(ConfigError, match=r"num_prototypes=\[5, 91\].*use at most 90.*\[5,90\]"):
+        build_method("deepcluster_v2", net, proj_hidden_dim=16, proj_out_dim=8,
+                     num_prototypes=[5, 91], num_samples=90)
+    # the largest value it names works; num_samples unknown (0): nothing to check yet
+    build_method("deepcluster", net, head_hidden_dim=12, pca_dim=4, num_clusters=90,
+                 num_samples=90)
+    build_method("deepcluster_v2", net, proj_hidden_dim=16, proj_out_dim=8,
+                 num_prototypes=[90, 90, 90], num_samples=90)
+    build_method("deepcluster", net, head_hidden_dim=12, pca_dim=4)
+
+
+def test_too_many_clusters_counts_rank_0s_share(monkeypatch) -> None:
+    """With 2 ranks k-means draws its initial centroids from rank 0's 45 of the 90 images."""
+    from selfsup.utils import dist
+
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    net = create_backbone("small_cnn", 1, SIZE, width=8)
+    with pytest.raises(ConfigError, match=r"num_clusters=46 is more than the 45 training images "
+                       r"on rank 0.*use at most 45 "):
+        build_method("deepcluster", net, head_hidden_dim=12, pca_dim=4, num_clusters=46,
+                     num_samples=90)
+    with pytest.raises(ConfigError, match=r"more than the 45 training images on rank 0.*"
+                       r"use at most 45 per entry"):
+        build_method("deepcluster_v2", net, proj_hidden_dim=16, proj_out_dim=8,
+                     num_prototypes=[46], num_samples=90)
+    build_method("deepcluster", net, head_hidden_dim=12, pca_dim=4, num_clusters=45,
+                 num_samples=90)
+
+
+def test_deepcluster_epoch_start_checks_the_rows_it_gets_before_pca_and_kmeans() -> None:
+    """Fewer features than clusters at on_epoch_start: the method's ConfigError (not k-means'
+    DataError), raised before the PCA."""
+    feats, y = _blob_features()  # 90 rows
+    m = build_method("deepcluster", create_backbone("small_cnn", 1, SIZE, width=8),
+                     head_hidden_dim=12, num_clusters=50, pca_dim=4, num_samples=len(y))
+    with pytest.raises(ConfigError, match=r"num_clusters=50 is more than the 40 training images"
+                       r".*use at most 40 "):
+        m.on_epoch_start(0, feats[:40], torch.arange(40), seed=0)
+    assert int(m.clustered_epochs) == 0
+
+
+def test_cli_prints_the_too_many_clusters_error_on_its_own_line(capsys, tmp_path) -> None:
+    """The issue's case: digits (1438 training images) at the paper's k. One line on stderr that
+    starts with the error, names the option and the largest value that works."""
+    from selfsup.cli import main
+
+    for method, option in (("deepcluster", "num_clusters=10000"),
+                           ("deepcluster_v2", "num_prototypes=[3000, 3000, 3000]")):
+        code = main(["pretrain", "--method", method, "--data", "digits", "--backbone",
+                     "small_cnn", "--steps", "1", "--out", str(tmp_path / method)])
+        err = capsys.readouterr().err
+        assert code == 2
+        lines = [line for line in err.splitlines() if "error" in line]
+        assert len(lines) == 1 and lines[0].startswith(f"selfsup: error: {method}: method_args."
+                                                       f"{option}"), err
+        assert "1438 training images" in lines[0] and "use at most 1438" in lines[0]
+
+
 @pytest.mark.parametrize(("method", "args"), [
     ("deepcluster", {"head_hidden_dim": 16, "num_clusters": 8, "pca_dim": 8}),
     ("deepcluster_v2", {"proj_hidden_dim": 16, "proj_out_dim": 8, "num_prototypes": [8, 6]}),

@@ -101,7 +101,7 @@ def test_bad_input() -> None:
         kmeans(x, 2, init="farthest")
     with pytest.raises(ConfigError, match="empty"):
         kmeans(x, 2, empty="drop")
-    with pytest.raises(DataError, match="fewer than k"):
+    with pytest.raises(DataError, match="k=4 initial centroids.*only 3; use at most 3 clusters"):
         kmeans(x[:3], 4)
     with pytest.raises(DataError, match=r"\[N, D\]"):
         kmeans(torch.zeros(0, 3), 1)

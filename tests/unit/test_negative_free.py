@@ -5,6 +5,8 @@ gradients, state_dict round trip) is in tests/contract/test_methods.py."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -55,7 +57,7 @@ def test_paper_defaults_and_heads() -> None:
     assert type(byol).default_views == "byol"
     assert type(byol).default_optim == {
         "name": "lars", "lr": 0.2, "lr_scaling": "linear", "weight_decay": 1.5e-6,
-        "momentum": 0.9, "warmup_epochs": 10, "min_lr_ratio": 0.0}
+        "momentum": 0.9, "warmup_epochs": 10, "min_lr_ratio": 0.0, "decay_norm_bias": False}
 
     sims = build_method("simsiam", create_backbone("small_cnn", 3, SIZE, width=8))
     assert _kinds(sims.projector) == ["Linear", "BatchNorm1d", "ReLU"] * 2 + [
@@ -67,6 +69,7 @@ def test_paper_defaults_and_heads() -> None:
     opt = type(sims).default_optim
     assert (opt["name"], opt["lr"], opt["weight_decay"], opt["momentum"]) == (
         "sgd", 0.05, 1e-4, 0.9)
+    assert type(sims).default_views == "moco_v2"  # main_simsiam.py: "MoCo v2's aug"
 
     for name, wd in (("barlow_twins", 1.5e-6), ("vicreg", 1e-6)):
         m = build_method(name, create_backbone("small_cnn", 3, SIZE, width=8))
@@ -150,9 +153,40 @@ def test_byol_target_gets_no_gradient_but_moves_after_on_step_end() -> None:
         torch.testing.assert_close(t, tau * b + (1 - tau) * o.detach())
         changed += int(not torch.equal(t, b))
     assert changed > 0
-    # BN running statistics are copied from the online network
-    torch.testing.assert_close(m.target_backbone.module.features[1].running_mean,
-                               m.backbone.features[1].running_mean)
+
+
+def _bn_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Running mean/var and batch counters of every BatchNorm in ``module``."""
+    return {k: v.detach().clone() for k, v in module.named_buffers()}
+
+
+def test_byol_target_bn_keeps_the_statistics_of_its_own_forward_passes() -> None:
+    """deepmind-research byol/byol_experiment.py `_update_fn`: only `target_params` are averaged;
+    `target_state` (BN moving averages) is what the target's own forward returns. So after
+    training_step + on_step_end the target's BN buffers equal those of a copy of the target that
+    saw the same two views, and not the online network's (the old copy-every-step rule)."""
+    m = _build("byol")
+    with torch.no_grad():  # an online network that differs from the target, as after training
+        for p in list(m.backbone.parameters()) + list(m.projector.parameters()):
+            p.add_(0.3 * torch.randn_like(p))
+    ref_backbone = copy.deepcopy(m.target_backbone.module).train()
+    ref_projector = copy.deepcopy(m.target_projector.module).train()
+    batch = _batch()
+    m.training_step(batch)
+    with torch.no_grad():
+        for view in batch.views[:2]:  # the target's passes in training_step: view 0, then 1
+            ref_projector(ref_backbone(view))
+    m.on_step_end(3, 10)
+    pairs = ((m.target_backbone.module, ref_backbone, m.backbone),
+             (m.target_projector.module, ref_projector, m.projector))
+    for target, ref, online in pairs:
+        own, theirs, got = _bn_buffers(ref), _bn_buffers(online), _bn_buffers(target)
+        assert got.keys() == own.keys() and any(k.endswith("running_mean") for k in got)
+        for key in got:
+            torch.testing.assert_close(got[key], own[key], msg=key)
+        # the online statistics differ, so the assertion above rules out copying them
+        assert any(not torch.allclose(got[k], theirs[k]) for k in got if "running" in k)
+    assert m.target_backbone.copy_buffers is False and m.target_projector.copy_buffers is False
 
 
 def test_byol_momentum_schedule() -> None:

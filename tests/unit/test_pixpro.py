@@ -4,6 +4,7 @@ the positive-pair mask of eq. 1, the pixel propagation module (eqs. 3-4), the co
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -272,6 +273,34 @@ def test_pixpro_step_target_frozen_then_updated(instance_weight: float) -> None:
     after = list(m.target_backbone.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(after, before))
     torch.testing.assert_close(after[0], 0.99 * before[0] + 0.01 * next(m.backbone.parameters()))
+
+
+def test_pixpro_momentum_bn_keeps_the_statistics_of_its_own_forward_passes() -> None:
+    """zdaxie/PixPro contrast/models/PixPro.py `_momentum_update_key_encoder` averages
+    `.parameters()` only: after training_step + on_step_end every momentum BN holds the running
+    statistics of its own passes over the two views (as a copy that ran them), not the online
+    network's (the old copy-every-step rule)."""
+    m = _pixpro(instance_weight=1.0).train()
+    with torch.no_grad():  # an online network that differs from the momentum one
+        for name, p in m.named_parameters():
+            if not name.startswith("target_"):
+                p.add_(0.3 * torch.randn_like(p))
+    ref = copy.deepcopy(m)
+    batch = _batch()
+    m.training_step(batch)
+    ref._target(batch.views[0])  # the momentum passes of training_step: view 0, then view 1
+    ref._target(batch.views[1])
+    m.on_step_end(2, 10)
+    teachers = ("target_backbone", "target_projector", "target_instance_projector")
+    for name in teachers:
+        got = dict(getattr(m, name).named_buffers())
+        own = dict(getattr(ref, name).named_buffers())
+        online = dict(getattr(m, name.removeprefix("target_")).named_buffers())
+        assert got.keys() == own.keys() and any(k.endswith("running_var") for k in got), name
+        for key in got:
+            torch.testing.assert_close(got[key], own[key], msg=f"{name}.{key}")
+        assert any(not torch.allclose(got[k], online[k.removeprefix("module.")])
+                   for k in got if "running" in k), name
 
 
 def test_pixpro_flip_changes_the_pairs_it_uses() -> None:

@@ -80,7 +80,10 @@ class BarlowTwins(Method):
     default_views: ClassVar[str] = "byol"  # sec. 4: BYOL's augmentations
     # Barlow Twins sec. 4: LARS, lr = 0.2 x B / 256 for the weights and 0.0048 x B / 256 for
     # biases and BN (Config.bias_lr_ratio scales their gradients, see __init__), weight decay
-    # 1.5e-6, 10 warm-up epochs, cosine decay to 1/1000 of the peak (authors' code).
+    # 1.5e-6, 10 warm-up epochs, cosine decay to 1/1000 of the peak (authors' code). Biases and
+    # BN (1-D parameters) get no weight decay and no LARS adaptation: facebookresearch/barlowtwins
+    # main.py builds LARS with `weight_decay_filter=True, lars_adaptation_filter=True`, which
+    # `LARS.exclude_bias_and_norm` (`p.ndim == 1`) applies.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "lars",
         "lr": 0.2,
@@ -89,6 +92,7 @@ class BarlowTwins(Method):
         "momentum": 0.9,
         "warmup_epochs": 10,
         "min_lr_ratio": 0.001,
+        "decay_norm_bias": False,
     }
 
     def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig) -> None:

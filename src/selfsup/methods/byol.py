@@ -68,8 +68,10 @@ class BYOL(Method):
 
     Config: ClassVar[type] = BYOLConfig
     default_views: ClassVar[str] = "byol"
-    # BYOL sec. 3.3 / appendix C: LARS, lr = 0.2 x B / 256, weight decay 1.5e-6 (no decay nor LARS
-    # adaptation for biases and BN), momentum 0.9, 10 warm-up epochs, cosine decay to 0.
+    # BYOL sec. 3.3 / appendix C: LARS, lr = 0.2 x B / 256, weight decay 1.5e-6, momentum 0.9,
+    # 10 warm-up epochs, cosine decay to 0. Biases and BN get neither weight decay nor LARS
+    # adaptation: deepmind-research byol/byol_experiment.py `_optimizer` passes
+    # `weight_decay_filter` and `lars_adaptation_filter` = utils/optimizers.exclude_bias_and_norm.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "lars",
         "lr": 0.2,
@@ -78,6 +80,7 @@ class BYOL(Method):
         "momentum": 0.9,
         "warmup_epochs": 10,
         "min_lr_ratio": 0.0,
+        "decay_norm_bias": False,
     }
 
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig) -> None:
@@ -92,8 +95,11 @@ class BYOL(Method):
             mlp([cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim])
             if cfg.use_predictor else nn.Identity()
         )
-        self.target_backbone = EMA(backbone)
-        self.target_projector = EMA(self.projector)
+        # Parameters-only EMA: in byol_experiment.py `_update_fn` averages `target_params` only;
+        # `target_state` (the target's BN moving averages) is what the target's own forward pass
+        # (`is_training=True`, batch statistics) returns, never the online network's state.
+        self.target_backbone = EMA(backbone, copy_buffers=False)
+        self.target_projector = EMA(self.projector, copy_buffers=False)
         self.momentum = cfg.momentum_base  # tau used by the last on_step_end (for logging)
 
     def training_step(self, batch: Batch) -> StepOutput:
@@ -124,7 +130,8 @@ class BYOL(Method):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total: int) -> None:
-        """``xi <- tau xi + (1 - tau) theta`` for backbone and projector (sec. 3.1)."""
+        """``xi <- tau xi + (1 - tau) theta`` for the parameters of backbone and projector
+        (sec. 3.1); the target's BN running statistics stay those of its own forward passes."""
         self.momentum = self.momentum_at(step, total)
         self.target_backbone.update(self.backbone, self.momentum)
         self.target_projector.update(self.projector, self.momentum)

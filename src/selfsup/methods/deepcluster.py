@@ -35,6 +35,7 @@ from selfsup.nn.channels import SobelEncoder, with_in_chans
 from selfsup.nn.kmeans import INITS, gather_labels, kmeans, pca_whiten
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
+from selfsup.utils import dist
 
 
 @dataclass
@@ -76,12 +77,16 @@ class DeepCluster(Method):
         clustered_epochs: buffer ``[]``, number of clusterings done.
 
     Raises:
-        ConfigError: for a backbone without ``num_features`` or an invalid Config value.
+        ConfigError: for a backbone without ``num_features`` or an invalid Config value (also
+            ``num_clusters`` above the images k-means gets, when ``num_samples`` is known).
     """
 
     Config: ClassVar[type] = DeepClusterConfig
     default_views: ClassVar[str] = "deepcluster"
-    # Sec. 4.1: SGD, lr 0.05 at batch 256, momentum 0.9, weight decay 1e-5, constant rate.
+    # Sec. 4.1: SGD, lr 0.05 at batch 256, momentum 0.9, weight decay 1e-5, constant rate. Every
+    # parameter is decayed, biases and BN included: facebookresearch/deepcluster main.py passes
+    # `filter(requires_grad, model.parameters())` (and the top layer's) to SGD with one
+    # `weight_decay=10**args.wd`.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "sgd",
         "lr": 0.05,
@@ -90,6 +95,7 @@ class DeepCluster(Method):
         "momentum": 0.9,
         "warmup_epochs": 0,
         "min_lr_ratio": 1.0,
+        "decay_norm_bias": True,
     }
 
     pseudo_labels: Tensor
@@ -111,6 +117,8 @@ class DeepCluster(Method):
         if cfg.classifier_std <= 0 or cfg.num_samples < 0:
             raise ConfigError("method_args.classifier_std must be > 0 and num_samples >= 0, got "
                               f"{cfg.classifier_std} and {cfg.num_samples}")
+        if cfg.num_samples > 0:  # known before training: fail before any feature extraction
+            self._check_num_clusters(-(-cfg.num_samples // dist.world_size()))
         h = cfg.head_hidden_dim
         drop = cfg.head_dropout
         self.head = nn.Sequential(nn.Dropout(drop), nn.Linear(num_features, h), nn.ReLU(),
@@ -133,6 +141,23 @@ class DeepCluster(Method):
             return backbone
         return SobelEncoder(with_in_chans(backbone, 2), int(getattr(backbone, "in_chans", 0)))
 
+    def _check_num_clusters(self, rows: int) -> None:
+        """Raise unless k-means gets at least ``num_clusters`` rows: its initial centroids are
+        distinct rows of rank 0's shard (``rows``; every ``world``-th image, rank 0 the most).
+
+        Raises:
+            ConfigError: naming ``method_args.num_clusters`` and the largest value that works.
+        """
+        k = self.cfg.num_clusters
+        if k <= rows:
+            return
+        where = "to cluster" if dist.world_size() == 1 else (
+            f"on rank 0, which draws the initial centroids ({dist.world_size()} ranks share the "
+            "set)")
+        raise ConfigError(f"deepcluster: method_args.num_clusters={k} is more than the {rows} "
+                          f"training images {where}; use at most {rows} "
+                          f"(--set method_args.num_clusters={rows})")
+
     @torch.no_grad()
     def _reset_classifier(self, g: torch.Generator) -> None:
         w = torch.randn(self.classifier.weight.shape, generator=g) * self.cfg.classifier_std
@@ -153,8 +178,9 @@ class DeepCluster(Method):
         classifier (sec. 3.2); the k-means and classifier draws depend on ``(seed, epoch)``.
 
         Raises:
-            ConfigError: if ``num_samples`` was not set (0).
-            DataError: without features, or with fewer training images than clusters.
+            ConfigError: if ``num_samples`` was not set (0), or ``num_clusters`` is more than the
+                images rank 0 clusters (checked before the PCA, on every rank alike).
+            DataError: without features.
         """
         cfg = self.cfg
         if features is None or index is None:
@@ -162,6 +188,8 @@ class DeepCluster(Method):
         if cfg.num_samples < 1:
             raise ConfigError("deepcluster: method_args.num_samples (the training-set size) "
                               "must be set before clustering")
+        rows = torch.tensor([features.shape[0]], device=features.device)
+        self._check_num_clusters(int(dist.broadcast(rows, 0)))  # rank 0's count on every rank
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         x, _, _ = pca_whiten(features, cfg.pca_dim)
         res = kmeans(x, cfg.num_clusters, iters=cfg.kmeans_iters, init=cfg.kmeans_init,

@@ -75,13 +75,17 @@ class DeepClusterV2(Method):
         clustered_epochs: buffer ``[]``, number of clusterings done.
 
     Raises:
-        ConfigError: for a backbone without ``num_features`` or an invalid Config value.
+        ConfigError: for a backbone without ``num_features`` or an invalid Config value (also
+            a ``num_prototypes`` entry above the images k-means gets, when ``num_samples`` is
+            known).
     """
 
     Config: ClassVar[type] = DeepClusterV2Config
     default_views: ClassVar[str] = "swav"
     # deepclusterv2_800ep_pretrain.sh: as SwAV, LARS lr 4.8 at batch 4096 (= 0.3 x B / 256),
-    # final lr 0.0048 (ratio 0.001), weight decay 1e-6, momentum 0.9, 10 warm-up epochs.
+    # final lr 0.0048 (ratio 0.001), weight decay 1e-6, momentum 0.9, 10 warm-up epochs. Every
+    # parameter is decayed, biases and BN included: facebookresearch/swav main_deepclusterv2.py
+    # wraps `SGD(model.parameters(), weight_decay=args.wd)` in LARC.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "lars",
         "lr": 0.3,
@@ -90,6 +94,7 @@ class DeepClusterV2(Method):
         "momentum": 0.9,
         "warmup_epochs": 10,
         "min_lr_ratio": 0.001,
+        "decay_norm_bias": True,
     }
 
     bank: Tensor
@@ -110,6 +115,7 @@ class DeepClusterV2(Method):
         if cfg.temperature <= 0 or cfg.num_samples < 0:
             raise ConfigError("method_args.temperature must be > 0 and num_samples >= 0, got "
                               f"{cfg.temperature} and {cfg.num_samples}")
+        self._check_num_prototypes()
         d = cfg.proj_out_dim
         self.projector = mlp([num_features, cfg.proj_hidden_dim, d])
         self.register_buffer("bank", torch.zeros(len(cfg.assign_crops), cfg.num_samples, d))
@@ -120,6 +126,26 @@ class DeepClusterV2(Method):
             self.register_buffer(f"centroids{h}", F.normalize(torch.randn(k, d), dim=1))
         self.register_buffer("clustered_epochs", torch.zeros((), dtype=torch.long))
         self._pending: tuple[Tensor, Tensor] | None = None  # (index [B], z [A, B, D])
+
+    def _check_num_prototypes(self) -> None:
+        """Raise unless every k-means gets at least ``max(num_prototypes)`` rows: its initial
+        centroids are distinct rows of rank 0's shard of the bank (every ``world``-th image).
+        Nothing to check while ``num_samples`` is unknown (0).
+
+        Raises:
+            ConfigError: naming ``method_args.num_prototypes`` and the largest value that works.
+        """
+        ks, n, world = self.cfg.num_prototypes, self.cfg.num_samples, dist.world_size()
+        rows = len(range(0, n, world))  # rank 0's shard, the largest
+        if n < 1 or max(ks) <= rows:
+            return
+        where = "to cluster" if world == 1 else (
+            f"on rank 0, which draws the initial centroids ({world} ranks share the {n})")
+        fixed = ",".join(str(min(k, rows)) for k in ks)
+        raise ConfigError(f"deepcluster_v2: method_args.num_prototypes={list(ks)} asks for "
+                          f"{max(ks)} clusters, more than the {rows} training images {where}; "
+                          f"use at most {rows} per entry "
+                          f"(--set method_args.num_prototypes=[{fixed}])")
 
     def centroids(self, h: int) -> Tensor:
         """``[K_h, D]`` prototypes of clustering ``h``."""
@@ -141,13 +167,15 @@ class DeepClusterV2(Method):
         of prototypes on this rank's shard of the bank (draws depend on ``(seed, epoch)``).
 
         Raises:
-            ConfigError: if ``num_samples`` was not set (0).
-            DataError: with an empty bank and no features, or fewer images than clusters.
+            ConfigError: if ``num_samples`` was not set (0), or a ``num_prototypes`` entry is
+                more than the images rank 0 clusters (checked before anything, on every rank).
+            DataError: with an empty bank and no features.
         """
         cfg, n = self.cfg, self.cfg.num_samples
         if n < 1:
             raise ConfigError("deepcluster_v2: method_args.num_samples (the training-set size) "
                               "must be set before clustering")
+        self._check_num_prototypes()
         if features is not None and index is not None:
             full = torch.zeros(n, cfg.proj_out_dim, device=self.bank.device)
             full[index] = features.to(full)

@@ -87,9 +87,10 @@ class PixPro(Method):
 
     Config: ClassVar[type] = PixProConfig
     default_views: ClassVar[str] = "byol"  # sec. 4.1: BYOL's augmentations, crop scale (0.08, 1)
-    # Sec. 4.1 / authors' script pixpro_base_r50_100ep.sh: LARS, lr = 1.0 x B / 256 (batch 1024,
-    # lr 4), weight decay 1e-5 (none on biases and BN, no LARS adaptation for them), momentum 0.9,
-    # 5 warm-up epochs, cosine decay to ~0.
+    # Sec. 4.1 / authors' script tools/pixpro_base_r50_100ep.sh: LARS, lr = 1.0 x B / 256 (batch
+    # 1024, lr 4), weight decay 1e-5, momentum 0.9, 5 warm-up epochs, cosine decay to ~0. Biases
+    # and BN (every 1-D parameter) get no weight decay and no LARS adaptation: zdaxie/PixPro
+    # contrast/lars.py `add_weight_decay` (group with weight_decay 0, `ignore=True`).
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "lars",
         "lr": 1.0,
@@ -98,6 +99,7 @@ class PixPro(Method):
         "momentum": 0.9,
         "warmup_epochs": 5,
         "min_lr_ratio": 0.0,
+        "decay_norm_bias": False,
     }
 
     def __init__(self, backbone: nn.Module, cfg: PixProConfig) -> None:
@@ -120,8 +122,11 @@ class PixPro(Method):
                               f"{cfg.instance_weight}")
         self.projector = mlp([num_features, cfg.proj_hidden_dim, cfg.proj_out_dim])
         self.ppm = PixelPropagation(cfg.proj_out_dim, cfg.transform_layers, cfg.gamma)
-        self.target_backbone = EMA(backbone)
-        self.target_projector = EMA(self.projector)
+        # Parameters-only EMA, as zdaxie/PixPro contrast/models/PixPro.py
+        # `_momentum_update_key_encoder` (loops over `.parameters()`): the momentum encoder's BN
+        # running statistics are those of its own forward passes.
+        self.target_backbone = EMA(backbone, copy_buffers=False)
+        self.target_projector = EMA(self.projector, copy_buffers=False)
         self.instance_projector: nn.Module | None = None
         self.instance_predictor: nn.Module | None = None
         self.target_instance_projector: EMA | None = None
@@ -129,7 +134,7 @@ class PixPro(Method):
             self.instance_projector = mlp([num_features, cfg.proj_hidden_dim, cfg.proj_out_dim])
             self.instance_predictor = mlp([cfg.proj_out_dim, cfg.pred_hidden_dim,
                                            cfg.proj_out_dim])
-            self.target_instance_projector = EMA(self.instance_projector)
+            self.target_instance_projector = EMA(self.instance_projector, copy_buffers=False)
         self.momentum = cfg.momentum_base  # m used by the last on_step_end (for logging)
 
     def _features(self, x: Tensor) -> Tensor:
@@ -192,7 +197,8 @@ class PixPro(Method):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total: int) -> None:
-        """EMA update of the momentum backbone and projector(s) with ``m_k``."""
+        """EMA update of the parameters of the momentum backbone and projector(s) with ``m_k``
+        (buffers untouched, as the reference)."""
         self.momentum = self.momentum_at(step, total)
         self.target_backbone.update(self.backbone, self.momentum)
         self.target_projector.update(self.projector, self.momentum)

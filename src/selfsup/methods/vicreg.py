@@ -69,6 +69,9 @@ class VICReg(Method):
     default_views: ClassVar[str] = "byol"  # sec. 4.1 / appendix C.1: BYOL's augmentations
     # VICReg sec. 4.1 / appendix C: LARS, lr = 0.2 x B / 256 (base_lr 0.2 in the authors' code),
     # weight decay 1e-6, 10 warm-up epochs, cosine decay to 1/1000 of the peak (authors' code).
+    # Biases and BN (1-D parameters) get no weight decay and no LARS adaptation:
+    # facebookresearch/vicreg main_vicreg.py passes `exclude_bias_and_norm` (`p.ndim == 1`) as
+    # LARS's `weight_decay_filter` and `lars_adaptation_filter`.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "lars",
         "lr": 0.2,
@@ -77,6 +80,7 @@ class VICReg(Method):
         "momentum": 0.9,
         "warmup_epochs": 10,
         "min_lr_ratio": 0.001,
+        "decay_norm_bias": False,
     }
 
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig) -> None:

@@ -106,7 +106,8 @@ def _init(x: Tensor, k: int, how: str, g: torch.Generator) -> Tensor:
     """``k`` initial centroids from rows of ``x`` (this rank's; rank 0's are broadcast)."""
     n = x.shape[0]
     if n < k:
-        raise DataError(f"k-means: {n} points on this rank are fewer than k={k} clusters")
+        raise DataError(f"k-means draws its k={k} initial centroids from rank 0's rows, but "
+                        f"rank 0 has only {n}; use at most {n} clusters")
     if how == "random":
         return x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
     # k-means++: each next centroid is a row drawn with probability ~ squared distance to the
