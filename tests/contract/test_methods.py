@@ -137,7 +137,7 @@ def test_simclr_projector_and_defaults() -> None:
     assert Config().temperature == 0.5 and m.criterion.temperature == 0.5
     assert type(m).default_optim == {
         "name": "lars", "lr": 0.3, "lr_scaling": "linear", "weight_decay": 1e-6,
-        "momentum": 0.9, "warmup_epochs": 10, "min_lr_ratio": 0.0,
+        "momentum": 0.9, "warmup_epochs": 10, "min_lr_ratio": 0.0, "decay_norm_bias": False,
     }
     v2 = build_method("simclr", create_backbone("small_cnn", 1, SIZE), proj_layers=3,
                       proj_hidden_dim=32, proj_out_dim=16, temperature=0.1)

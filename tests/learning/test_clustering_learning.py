@@ -17,31 +17,21 @@ for noise.
 
 from __future__ import annotations
 
-from typing import Any
-
 STEPS = 60
-
-
-def _report(name: str, r: dict[str, Any]) -> None:
-    print(f"\n{name}: kNN trained {r['trained']:.1f} vs random init {r['random']:.1f} "
-          f"({r['result'].seconds:.0f} s pretraining)")
 
 
 def test_swav_beats_random_init(learn) -> None:
     r = learn("swav", steps=STEPS, proj_hidden_dim=512, proj_out_dim=64, num_prototypes=100,
               queue_length=0)
-    _report("swav", r)
     assert r["trained"] > r["random"] + 2.0, r  # measured +4.7
 
 
 def test_deepcluster_beats_random_init(learn) -> None:
     r = learn("deepcluster", steps=STEPS, head_hidden_dim=256, num_clusters=100, pca_dim=32)
-    _report("deepcluster", r)
     assert r["trained"] > r["random"] + 2.0, r  # measured +3.3 (Sobel, dropout)
 
 
 def test_deepcluster_v2_beats_random_init(learn) -> None:
     r = learn("deepcluster_v2", steps=STEPS, proj_hidden_dim=512, proj_out_dim=64,
               num_prototypes=[30, 30, 30])
-    _report("deepcluster_v2", r)
     assert r["trained"] > r["random"] + 2.0, r  # measured +5.0

@@ -68,24 +68,37 @@ def _held_out_report(tmp_path: Path, name: str, method: str, lr: float,
                                                                         run.image_size)(x)))
     report = collapse_report(z)
     report["loss"] = res.final_loss
+    report["checkpoint"] = res.checkpoint
     return report
 
 
-def test_simsiam_collapses_without_stop_gradient_only(tmp_path: Path) -> None:
+def _log(learning_log: Any, knn_eval: Any, label: str, report: dict[str, Any]) -> None:
+    """Record kNN of the run's encoder vs random init vs raw pixels (8 px digits)."""
+    k = knn_eval(report["checkpoint"])
+    learning_log(label, k["trained"], k["random"], k["raw"], dataset="digits 8 px")
+
+
+def test_simsiam_collapses_without_stop_gradient_only(tmp_path: Path, learning_log,
+                                                      knn_eval) -> None:
     heads = {"proj_hidden_dim": 64, "proj_out_dim": 64, "pred_hidden_dim": 16}
     without = _held_out_report(tmp_path, "nosg", "simsiam", 1.0, stop_gradient=False, **heads)
     with_sg = _held_out_report(tmp_path, "sg", "simsiam", 1.0, stop_gradient=True, **heads)
+    _log(learning_log, knn_eval, "simsiam without stop-gradient", without)
+    _log(learning_log, knn_eval, "simsiam with stop-gradient", with_sg)
     assert without["collapsed"] and without["std_ratio"] < 0.05, without
     assert without["effective_rank"] < 2.0, without
     assert not with_sg["collapsed"] and with_sg["std_ratio"] > 0.6, with_sg
     assert with_sg["effective_rank"] > 10.0, with_sg
 
 
-def test_byol_collapses_without_predictor_and_momentum_only(tmp_path: Path) -> None:
+def test_byol_collapses_without_predictor_and_momentum_only(tmp_path: Path, learning_log,
+                                                            knn_eval) -> None:
     heads = {"proj_hidden_dim": 64, "proj_out_dim": 32, "pred_hidden_dim": 64}
     ablated = _held_out_report(tmp_path, "ablated", "byol", 0.5, use_predictor=False,
                                momentum_base=0.0, momentum_end=0.0, **heads)
     standard = _held_out_report(tmp_path, "standard", "byol", 0.5, **heads)
+    _log(learning_log, knn_eval, "byol without predictor, tau 0", ablated)
+    _log(learning_log, knn_eval, "byol standard", standard)
     assert ablated["collapsed"] and ablated["std_ratio"] < 0.08, ablated
     assert not standard["collapsed"] and standard["std_ratio"] > 0.5, standard
     assert standard["effective_rank"] > 8.0, standard
@@ -112,10 +125,11 @@ def _dino_teacher_entropies(tmp_path: Path, name: str, **method_args: Any) -> di
     probs = method.teacher_distribution(preprocessor(run.norm, run.image_size)(x))  # [N, K]
     per_sample, marginal = teacher_entropies(probs)
     return {"per_sample": per_sample, "marginal": marginal,
-            "top_prototype_mass": float(probs.mean(0).max())}
+            "top_prototype_mass": float(probs.mean(0).max()), "checkpoint": res.checkpoint}
 
 
-def test_dino_collapses_without_centering_or_sharpening_only(tmp_path: Path) -> None:
+def test_dino_collapses_without_centering_or_sharpening_only(tmp_path: Path, learning_log,
+                                                             knn_eval) -> None:
     """DINO sec. 5.3 / figure 7: centering alone drives the teacher to the uniform distribution,
     sharpening alone to one dominating dimension; both together avoid either collapse."""
     k = 64
@@ -124,6 +138,9 @@ def test_dino_collapses_without_centering_or_sharpening_only(tmp_path: Path) -> 
     standard = _dino_teacher_entropies(tmp_path, "standard", **heads)
     no_center = _dino_teacher_entropies(tmp_path, "nocenter", centering=False, **heads)
     no_sharpen = _dino_teacher_entropies(tmp_path, "nosharpen", sharpening=False, **heads)
+    for label, rep in (("dino standard", standard), ("dino without centering", no_center),
+                       ("dino without sharpening", no_sharpen)):
+        _log(learning_log, knn_eval, label, rep)
     log_k = math.log(k)
     # without centering one prototype takes (almost) all the mass: collapse to one dimension
     assert no_center["marginal"] < 0.1 and no_center["top_prototype_mass"] > 0.9, no_center

@@ -17,12 +17,10 @@ and +2.6 (CIFAR, lr 0.006) in runs this short: banks become informative over man
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from selfsup.config import BackboneConfig, DataConfig, RunConfig, TrainConfig, apply_overrides
-from selfsup.engine.evaluate import evaluate_checkpoint
 from selfsup.engine.trainer import pretrain
 
 CIFAR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar10" / "cifar10.npz"
@@ -30,32 +28,25 @@ CIFAR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar1
 LR = ["optim.lr=0.006"]
 
 
-def _report(name: str, r: dict[str, Any]) -> None:
-    print(f"\n{name}: kNN trained {r['trained']:.1f} vs random init {r['random']:.1f} "
-          f"({r['result'].seconds:.0f} s pretraining)")
-
-
 def test_instdisc_nce_beats_random_init(learn) -> None:
-    r = learn("instdisc", steps=150, overrides=LR)
-    _report("instdisc nce", r)
+    r = learn("instdisc", steps=150, overrides=LR, label="instdisc nce")
     assert r["trained"] > r["random"] + 2.0, r
 
 
 def test_instdisc_infonce_beats_random_init(learn) -> None:
-    r = learn("instdisc", steps=150, overrides=LR, loss="infonce")
-    _report("instdisc infonce", r)
+    r = learn("instdisc", steps=150, overrides=LR, loss="infonce", label="instdisc infonce")
     assert r["trained"] > r["random"] + 2.0, r
 
 
 
 def test_cmc_in_batch_beats_random_init(learn) -> None:
-    r = learn("cmc", steps=150, negatives="batch")
-    _report("cmc grey fallback, in-batch", r)
+    r = learn("cmc", steps=150, negatives="batch", label="cmc grey fallback, in-batch")
     assert r["trained"] > r["random"] + 2.0, r  # measured +5.0
 
 
 @pytest.mark.skipif(not CIFAR.is_file(), reason="shared CIFAR-10 file not available")
-def test_cmc_lab_views_beat_random_init_on_cifar(tmp_path: Path) -> None:
+def test_cmc_lab_views_beat_random_init_on_cifar(tmp_path: Path, learning_log,
+                                                 knn_eval) -> None:
     cfg = RunConfig(
         method="cmc", method_args={"negatives": "batch"},
         backbone=BackboneConfig(name="small_cnn", kwargs={"width": 32}),
@@ -65,7 +56,8 @@ def test_cmc_lab_views_beat_random_init_on_cifar(tmp_path: Path) -> None:
     )
     paper_views = ["view_args.jitter_p=0", "view_args.grayscale_p=0", "optim.warmup_epochs=1"]
     res = pretrain(apply_overrides(cfg, paper_views))
-    rows = evaluate_checkpoint(str(res.checkpoint), str(CIFAR), which=("knn",), limit=2000)["rows"]
-    trained, random = rows["pretrained"]["knn_top1"], rows["random init"]["knn_top1"]
-    print(f"\ncmc L|ab on CIFAR-10: kNN trained {trained:.1f} vs random init {random:.1f}")
-    assert trained > random + 5.0, rows  # measured +10.1
+    r = knn_eval(res.checkpoint, str(CIFAR), limit=2000)
+    learning_log("cmc L|ab, in-batch", r["trained"], r["random"], r["raw"],
+                 dataset="cifar10 (5000 train / 2000 test)", steps=res.step,
+                 pretrain_s=round(res.seconds, 1))
+    assert r["trained"] > r["random"] + 5.0, r  # measured +10.1

@@ -23,5 +23,5 @@ def test_dino_beats_random_init(learn) -> None:
 def test_dino_with_sinkhorn_centering_beats_random_init(learn) -> None:
     """DINOv2's Sinkhorn-Knopp teacher targets in place of the EMA center, same protocol."""
     r = learn("dino", steps=100, out_dim=1024, hidden_dim=256, bottleneck_dim=64,
-              momentum_base=0.99, sinkhorn_centering=True)
+              momentum_base=0.99, sinkhorn_centering=True, label="dino sinkhorn centering")
     assert r["trained"] > r["random"] + 2.0, r  # measured 90.5 vs 85.8 (+4.7)

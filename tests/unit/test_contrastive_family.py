@@ -446,3 +446,40 @@ def test_simclr_v2_defaults_loss_and_middle_layer_encoder() -> None:
         small.encoder_with_head(3)
     with pytest.raises(ConfigError, match="finetune_layers"):
         _simclr_v2(finetune_layers=3)
+
+
+# ------------------------------------------------------------------ SimCLR
+
+
+def _simclr(**kw):
+    from selfsup.methods.base import build_method
+    from selfsup.nn.backbones import create_backbone
+
+    torch.manual_seed(0)
+    return build_method("simclr", create_backbone("small_cnn", 1, 16, width=4),
+                        proj_hidden_dim=24, proj_out_dim=8, **kw)
+
+
+def test_simclr_encodes_both_views_in_one_pass_like_the_reference() -> None:
+    # google-research/simclr model.py: views concatenated into one 2N batch, one forward, so
+    # BatchNorm (train mode) normalises both views with the statistics of all 2N images
+    import copy
+
+    from selfsup.types import Batch
+
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(2, 6, 1, 16, 16, generator=g)
+    x2 = 0.5 * x2 + 1.0  # a view distribution of its own: per-view BN statistics differ
+    batch = Batch(views=[x1, x2], index=torch.arange(6))
+    m = _simclr().train()
+    assert m.cfg.single_pass and type(m).default_optim["decay_norm_bias"] is False
+    one, per_view = copy.deepcopy(m), copy.deepcopy(m)
+    out = m.training_step(batch)
+    z1, z2 = one.projector(one.backbone(torch.cat([x1, x2]))).chunk(2)
+    torch.testing.assert_close(out.loss, nt_xent(z1, z2, 0.5))
+    torch.testing.assert_close(out.embeddings, z1.detach())
+    p1, p2 = per_view.projector(per_view.backbone(x1)), per_view.projector(per_view.backbone(x2))
+    assert not torch.allclose(out.loss, nt_xent(p1, p2, 0.5), rtol=1e-3)
+    # single_pass=False is the per-view layout
+    alt = _simclr(single_pass=False).train()
+    torch.testing.assert_close(alt.training_step(batch).loss, nt_xent(p1, p2, 0.5))

@@ -6,13 +6,14 @@ moving after a step, teacher temperature warm-up, ViT on multi-crop sizes."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.config import OptimConfig
+from selfsup.config import OptimConfig, replace
 from selfsup.data.views import get_preset
 from selfsup.engine.optim import build_optimizer, resolve
 from selfsup.losses.dino import dino_loss, koleo_loss, teacher_entropies, teacher_probs
@@ -191,7 +192,8 @@ def test_dino_head_shapes_and_normalisation(layers: int) -> None:
     # weight_g fixed to 1 and not trained by default; trainable with norm_last_layer=False
     assert not head.last_layer.weight_g.requires_grad
     free = DINOHead(10, 32, hidden_dim=16, bottleneck_dim=8, norm_last_layer=False)
-    assert free.last_layer.weight_g.requires_grad and free.last_layer.weight_g.dim() == 1
+    # torch.nn.utils.weight_norm's weight_g shape, so the decay groups treat it as the reference
+    assert free.last_layer.weight_g.requires_grad and free.last_layer.weight_g.shape == (32, 1)
     bn = DINOHead(10, 32, hidden_dim=16, bottleneck_dim=8, use_bn=True)
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in bn.mlp) == 2
     with pytest.raises(ConfigError):
@@ -234,31 +236,100 @@ def _batch(seed: int = 0, size: int = SIZE, channels: int = 1) -> Batch:
     return Batch(views=views, index=torch.arange(B))
 
 
-def test_last_layer_frozen_during_first_epoch_only() -> None:
-    m = _method()
+def _adamw(m: DINO) -> torch.optim.Optimizer:
+    return build_optimizer(m, resolve(OptimConfig(), DINO.default_optim), 1e-2)
+
+
+def test_last_layer_frozen_first_epoch_gradient_dropped_so_adamw_skips_it() -> None:
+    """main_dino.py: backward, clip_gradients, cancel_gradients_last_layer (``p.grad = None``),
+    step. AdamW skips a parameter without gradient: no step count, moments or weight decay. The
+    layer stays in the graph with a zero gradient (DDP needs it); the hook drops it."""
+    m = _method(norm_last_layer=False)  # g trainable too (and decayed, as the reference)
     m.on_train_start(steps_per_epoch=3, total=10)
-    opt = build_optimizer(m, resolve(OptimConfig(), DINO.default_optim), 1e-2)
-    w0 = m.head.last_layer.weight().detach().clone()
+    opt = _adamw(m)
+    last = [m.head.last_layer.weight_v, m.head.last_layer.weight_g]
+    before = [p.detach().clone() for p in last]
     mlp0 = m.head.mlp[0].weight.detach().clone()
     for step in range(3):  # the whole first epoch
         assert m.last_layer_frozen_at(step)
         m.training_step(_batch(step)).loss.backward()
-        grad = m.head.last_layer.weight_v.grad
-        assert grad is not None and float(grad.abs().sum()) == 0.0
+        assert all(p.grad is not None and float(p.grad.abs().sum()) == 0.0 for p in last)
+        m.before_optimizer_step(step)
+        assert all(p.grad is None for p in last)
         opt.step()
         opt.zero_grad(set_to_none=True)
         m.on_step_end(step, 10)
-    # AdamW with weight decay moved the rest but not the (normalised) last-layer weight
-    torch.testing.assert_close(m.head.last_layer.weight(), w0)
+    # a zero gradient would have given them state (step 3, moments) and decayed V and g
+    assert all(len(opt.state[p]) == 0 for p in last)
+    assert all(torch.equal(p, b) for p, b in zip(last, before))
     assert not torch.equal(m.head.mlp[0].weight, mlp0)
+    assert int(opt.state[m.head.mlp[0].weight]["step"]) == 3
     assert not m.last_layer_frozen_at(3) and int(m.steps_done) == 3
     m.training_step(_batch(3)).loss.backward()
+    m.before_optimizer_step(3)
     grad = m.head.last_layer.weight_v.grad
     assert grad is not None and float(grad.abs().sum()) > 0
     opt.step()
-    assert not torch.allclose(m.head.last_layer.weight(), w0)
+    # the first update after the freeze is Adam's first step for the layer
+    assert all(int(opt.state[p]["step"]) == 1 for p in last)
+    assert not torch.allclose(m.head.last_layer.weight(), before[1] * F.normalize(before[0]))
     # freeze_last_layer=0 never freezes
     assert not _method(freeze_last_layer=0).last_layer_frozen_at(0)
+
+
+def test_trainer_drops_the_frozen_last_layer_gradient(tiny_run) -> None:
+    """Through the trainer (which calls ``before_optimizer_step`` after backward): two steps of
+    the frozen first epoch leave the last layer without AdamW state in the checkpoint."""
+    from selfsup.engine import checkpoint
+    from selfsup.engine.trainer import pretrain
+
+    c = tiny_run("dino", steps=2, batch=32)
+    res = pretrain(replace(c, method="dino", method_args={"out_dim": 16, "hidden_dim": 16,
+                                                           "bottleneck_dim": 8}))
+    m = res.method
+    assert isinstance(m, DINO) and m.last_layer_frozen_at(1)
+    opt = _adamw(m)
+    opt.load_state_dict(checkpoint.load(res.checkpoint)["optimizer"])
+    assert len(opt.state[m.head.last_layer.weight_v]) == 0
+    assert int(opt.state[m.head.mlp[0].weight]["step"]) == 2
+
+
+def test_optim_defaults_follow_main_dino() -> None:
+    """utils.clip_gradients (each parameter to norm 3.0) and utils.get_params_groups (no decay
+    for biases and 1-d parameters) against a plain re-statement of the latter."""
+    ocfg = resolve(OptimConfig(), DINO.default_optim)
+    assert ocfg.clip_mode == "per_param" and ocfg.clip_grad == 3.0 and ocfg.name == "adamw"
+    m = _method(norm_last_layer=False, use_bn_in_head=True)
+    opt = _adamw(m)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    ref = {id(p) for n, p in m.named_parameters()
+           if p.requires_grad and not (n.endswith(".bias") or len(p.shape) == 1)}
+    assert decayed == ref
+    assert id(m.head.last_layer.weight_g) in decayed  # [K, 1] like weight_norm's, decayed
+    trainable = {id(p) for p in m.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable  # no teacher
+
+
+def test_teacher_batchnorm_keeps_its_own_statistics() -> None:
+    """main_dino.py's EMA moves parameters only; the teacher (train mode) updates its BN
+    running statistics from its own passes over the global crops, so after a step they are
+    those of a replay of the teacher, not the student's (which also saw the local crops)."""
+    m = _method(use_bn_in_head=True)
+    replay_bb = copy.deepcopy(m.teacher_backbone).train()
+    replay_head = copy.deepcopy(m.teacher_head).train()
+    batch = _batch()
+    m.training_step(batch).loss.backward()
+    m.on_step_end(0, 10)
+    with torch.no_grad():
+        replay_head(encode_by_resolution(replay_bb, batch.views[:2], m.cfg.crop_passes))
+    pairs = [(m.teacher_backbone, m.backbone, replay_bb), (m.teacher_head, m.head, replay_head)]
+    for teacher, student, replay in pairs:
+        bufs = dict(teacher.module.named_buffers())
+        assert bufs and any("running_mean" in k for k in bufs)
+        for name, buf in student.named_buffers():
+            torch.testing.assert_close(bufs[name], dict(replay.module.named_buffers())[name])
+            if "running" in name:
+                assert not torch.allclose(bufs[name], buf), name
 
 
 def test_teacher_gets_no_gradient_but_follows_after_step() -> None:
@@ -398,9 +469,11 @@ def test_sinkhorn_centering_matches_loop_and_equipartitions() -> None:
     batch = _batch()
     out = m.training_step(batch)
     with torch.no_grad():
-        feats = encode_by_resolution(m.backbone, batch.views)  # the method's BN grouping
+        passes = m.cfg.crop_passes  # the method's BN grouping
+        feats = encode_by_resolution(m.backbone, batch.views, passes)
         student = list(m.head(feats, freeze_last_layer=True).split(B))
-        teacher = list(m.teacher_head(m.teacher_backbone(torch.cat(batch.views[:2]))).split(B))
+        teacher = list(m.teacher_head(encode_by_resolution(m.teacher_backbone, batch.views[:2],
+                                                           passes)).split(B))
     ref = _loop_sinkhorn_dino_loss(student, teacher, 0.1, 0.04, 3)
     torch.testing.assert_close(out.loss.double(), ref, rtol=1e-4, atol=1e-5)
     logits = torch.stack(teacher)  # [2, B, K]

@@ -38,10 +38,10 @@ def test_paper_defaults() -> None:
     assert [type(x).__name__ for x in m1.projector] == ["Linear"]
     assert [type(x).__name__ for x in m2.projector] == ["Linear", "ReLU", "Linear"]
     assert m2.projector[0].out_features == 2048 and m2.queue.size == 4096
-    for m in (m1, m2):
+    for m, views in ((m1, "moco_v1"), (m2, "moco_v2")):
         assert type(m).default_optim["name"] == "sgd" and type(m).default_optim["lr"] == 0.03
         assert type(m).default_optim["weight_decay"] == 1e-4
-        assert type(m).default_views == "simclr"
+        assert type(m).default_views == views  # main_moco.py: v1 = InstDisc's, v2 = --aug-plus
 
 
 @pytest.mark.parametrize("name", ["moco_v1", "moco_v2"])
@@ -223,3 +223,62 @@ def test_moco_v3_loss_and_momentum_encoder() -> None:
 
         expected = ctr(batch.views[0], batch.views[1]) + ctr(batch.views[1], batch.views[0])
         torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ EMA: parameters only
+
+
+def _bn_stats(net: nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for n, b in net.named_buffers() if n.endswith(("running_mean", "running_var"))]
+
+
+@pytest.mark.parametrize("name", ["moco_v1", "moco_v2"])
+def test_key_encoder_keeps_its_own_bn_statistics(name: str) -> None:
+    # facebookresearch/moco builder.py _momentum_update_key_encoder moves parameters only: the
+    # key encoder's BN running stats are those of its own (shuffled) passes over the keys
+    import copy
+
+    narrow = {"proj_hidden_dim": 32} if name == "moco_v2" else {}
+    m = _build(name, momentum=0.9, queue_size=32, **narrow).train()
+    assert m.key_encoder.copy_buffers is False
+    assert type(m).default_views == name  # the paper's augmentation preset
+    batch = _batch()
+    shadow = copy.deepcopy(m.key_encoder).train()
+    torch.manual_seed(3)
+    out = m.training_step(batch)
+    torch.manual_seed(3)  # the step's only random draw is the key shuffle
+    with torch.no_grad():
+        grouped_forward(shadow, batch.views[1], m.cfg.shuffle_bn_groups, torch.randperm(B))
+    out.loss.backward()
+    torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5).step()
+    m.on_step_end(0, 10)
+    key, own = _bn_stats(m.key_encoder), _bn_stats(shadow)
+    student = _bn_stats(nn.Sequential(m.backbone, m.projector))
+    assert len(key) == len(student) > 0
+    for k, s in zip(key, own):
+        torch.testing.assert_close(k, s)
+    assert all(not torch.allclose(k, q) for k, q in zip(key, student))
+
+
+def test_moco_v3_momentum_encoder_keeps_its_own_bn_statistics() -> None:
+    # facebookresearch/moco-v3 builder.py _update_momentum_encoder: parameters only
+    import copy
+
+    m = _build("moco_v3", proj_hidden_dim=16, proj_dim=8, momentum=0.5,
+               momentum_cosine=False).train()
+    assert m.momentum_encoder.copy_buffers is False
+    with torch.no_grad():  # the two encoders differ, as after any training step
+        for p in m.backbone.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    batch = _batch()
+    shadow = copy.deepcopy(m.momentum_encoder).train()
+    with torch.no_grad():
+        shadow(batch.views[0]), shadow(batch.views[1])
+    m.training_step(batch).loss.backward()
+    m.on_step_end(0, 10)
+    key, own = _bn_stats(m.momentum_encoder), _bn_stats(shadow)
+    student = _bn_stats(nn.Sequential(m.backbone, m.projector))
+    assert len(key) == len(student) > 0
+    for k, s in zip(key, own):
+        torch.testing.assert_close(k, s)
+    assert all(not torch.allclose(k, q) for k, q in zip(key, student))

@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from selfsup.losses.nce import cpc_info_nce, estimate_log_z, invaspread_loss, nce_loss
+from selfsup.losses.nce import (
+    cpc_info_nce,
+    estimate_log_z,
+    invaspread_batch_loss,
+    invaspread_loss,
+    nce_loss,
+)
 from selfsup.types import ConfigError, DataError
 
 
@@ -131,6 +137,88 @@ def test_invaspread_bad_inputs() -> None:
         invaspread_loss(torch.randn(3, 4), torch.randn(3, 5))
     with pytest.raises(ConfigError, match="temperature"):
         invaspread_loss(torch.randn(3, 4), torch.randn(3, 4), 0.0)
+
+
+
+def _batch_criterion_reference(f: torch.Tensor, fh: torch.Tensor, t: float,
+                               detach: bool = True) -> torch.Tensor:
+    """Loop transcription of InvaSpread's official BatchCriterion (BatchAverage.py, negM = 1):
+    every one of the 2m embeddings is an anchor, the 2m - 1 others (no gradient) are the
+    weights, the positive is the other view, the sum is divided by 2m."""
+    z = torch.cat([f, fh])
+    z = z / z.norm(dim=1, keepdim=True)
+    w = z.detach() if detach else z
+    n = z.shape[0]
+    total = torch.zeros((), dtype=z.dtype)
+    for i in range(n):
+        pair = (i + n // 2) % n
+        den = sum(torch.exp(z[i] @ w[k] / t) for k in range(n) if k != i)
+        total = total - torch.log(torch.exp(z[i] @ w[pair] / t) / den)
+        for j in range(n):
+            if j not in (i, pair):
+                total = total - torch.log(1 - torch.exp(z[i] @ w[j] / t) / den)
+    return total / n
+
+
+@pytest.mark.parametrize("m", [2, 3, 6])
+@pytest.mark.parametrize("dim", [2, 16])
+@pytest.mark.parametrize("t", [0.1, 0.5, 2.0])
+def test_invaspread_batch_matches_official_reference(m: int, dim: int, t: float) -> None:
+    g = torch.Generator().manual_seed(m * 10 + dim)
+    f = torch.randn(m, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    fh = torch.randn(m, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = invaspread_batch_loss(f, fh, t)
+    ref = _batch_criterion_reference(f, fh, t)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-10)
+    ga = torch.autograd.grad(loss, (f, fh))
+    gr = torch.autograd.grad(ref, (f, fh))
+    for a, r in zip(ga, gr):
+        torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-10)
+    # the weight side is detached: gradients through both sides would differ
+    f2, fh2 = f.detach().clone().requires_grad_(), fh.detach().clone().requires_grad_()
+    g_both = torch.autograd.grad(_batch_criterion_reference(f2, fh2, t, detach=False), (f2,))[0]
+    assert not torch.allclose(ga[0], g_both, rtol=1e-3, atol=1e-6)
+    # not the paper's one-sided loss, and symmetric in the two views
+    assert loss.item() != pytest.approx(invaspread_loss(f, fh, t).item(), rel=1e-4)
+    assert invaspread_batch_loss(fh, f, t).item() == pytest.approx(loss.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_invaspread_batch_closed_form_orthogonal(m: int) -> None:
+    # f_hat == f, features mutually orthogonal: each anchor's 2m - 1 others are its copy (score
+    # 1/t) and 2m - 2 orthogonal ones (score 0): P(pos) = e / d, P(neg) = 1 / d, d = e + 2m - 2
+    t = 0.5
+    q, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))
+    f = q[:m] * 3.0
+    e = math.exp(1 / t)
+    d = e + 2 * m - 2
+    expected = -math.log(e / d) - (2 * m - 2) * math.log(1 - 1 / d)
+    assert float(invaspread_batch_loss(f, f.clone(), t)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_invaspread_batch_is_finite_for_duplicate_instances() -> None:
+    # two images with the same embedding and far-away second views: P(j | z_i) -> 1 without
+    # the self term; a float32 `log(1 - P)` would be -inf there (the official code's is)
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(4, 8, generator=g)
+    f[1] = f[0]
+    fh = -f.clone()
+    fh[:, 0] += 5.0
+    f.requires_grad_(True)
+    loss = invaspread_batch_loss(f, fh, 0.05)
+    (grad,) = torch.autograd.grad(loss, (f,))
+    ref = _batch_criterion_reference(f.detach().double(), fh.double(), 0.05)
+    assert torch.isfinite(grad).all()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_invaspread_batch_bad_inputs() -> None:
+    with pytest.raises(DataError, match="m >= 2"):
+        invaspread_batch_loss(torch.randn(1, 4), torch.randn(1, 4))
+    with pytest.raises(DataError, match="equal shape"):
+        invaspread_batch_loss(torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(ConfigError, match="temperature"):
+        invaspread_batch_loss(torch.randn(3, 4), torch.randn(3, 4), -1.0)
 
 
 def test_cpc_info_nce_matches_reference() -> None:

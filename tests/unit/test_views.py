@@ -43,6 +43,32 @@ def test_simclr_preset() -> None:
     assert (small.size, small.blur_p, small.scale) == (32, 0.0, (0.08, 1.0))
 
 
+def test_moco_presets_follow_main_moco() -> None:
+    # facebookresearch/moco main_moco.py: v1 = InstDisc's augmentation (ColorJitter without
+    # RandomApply), v2 = --aug-plus (RandomApply jitter p 0.8, blur p 0.5); SimSiam reuses v2
+    for size in (224, 32):
+        (v1,) = get_preset("moco_v1", size)
+        assert (v1.n, v1.size, v1.scale, v1.hflip_p) == (2, size, (0.2, 1.0), 0.5)
+        assert (v1.brightness, v1.contrast, v1.saturation, v1.hue) == (0.4, 0.4, 0.4, 0.4)
+        assert (v1.jitter_p, v1.grayscale_p, v1.blur_p, v1.solarize_p) == (1.0, 0.2, 0.0, 0.0)
+        (v2,) = get_preset("moco_v2", size)
+        assert (v2.n, v2.size, v2.scale, v2.hflip_p) == (2, size, (0.2, 1.0), 0.5)
+        assert (v2.brightness, v2.contrast, v2.saturation, v2.hue) == (0.4, 0.4, 0.4, 0.1)
+        assert (v2.jitter_p, v2.grayscale_p, v2.blur_p, v2.solarize_p) == (0.8, 0.2, 0.5, 0.0)
+        assert v2.blur_sigma == (0.1, 2.0)
+    for name in ("moco_v1", "moco_v2"):
+        entry = registry.get("preset", name)
+        assert entry.reference and entry.description and "Scaling rule" in entry.obj.__doc__
+
+
+def test_list_presets_shows_the_moco_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    from selfsup.cli import main
+
+    assert main(["list", "presets"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.strip()}
+    assert "He et al. 2020" in lines["moco_v1"] and "MoCo v2" in lines["moco_v2"]
+
+
 def test_byol_preset_is_asymmetric() -> None:
     v1, v2 = get_preset("byol", 96)
     for g in (v1, v2):
@@ -74,7 +100,7 @@ def test_get_preset_overrides_and_errors() -> None:
         get_preset("simclr", 0)
 
 
-@pytest.mark.parametrize("name", ["simclr", "byol", "dino"])
+@pytest.mark.parametrize("name", ["simclr", "byol", "dino", "moco_v1", "moco_v2"])
 def test_multiview_views_and_boxes(rgb: torch.Tensor, name: str) -> None:
     groups = get_preset(name, 32)
     mv = MultiView(groups, 3, MEAN, STD)

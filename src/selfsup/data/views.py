@@ -204,6 +204,49 @@ def simclr_views(image_size: int) -> list[ViewConfig]:
     return [ViewConfig(n=2, size=image_size, blur_p=blur)]
 
 
+@registry.register(
+    "preset",
+    "moco_v1",
+    description="two symmetric views: crop 0.2-1, flip, colour jitter 0.4 always, grayscale",
+    reference="He et al. 2020, Momentum Contrast (MoCo v1), sec. 4.1; InstDisc's augmentation",
+)
+def moco_v1_views(image_size: int) -> list[ViewConfig]:
+    """MoCo v1 (sec. 4.1; facebookresearch/moco ``main_moco.py``, the augmentation without
+    ``--aug-plus``, "the same as InstDisc"): one group of 2 views.
+
+    Crop scale (0.2, 1), flip 0.5, colour jitter (0.4, 0.4, 0.4, 0.4) on every view (a bare
+    ``ColorJitter``, no ``RandomApply``: ``jitter_p`` 1), grayscale 0.2, no blur. The reference
+    applies grayscale before the jitter; :class:`~selfsup.data.augment.Augment` has one fixed
+    order (jitter, then grayscale), so a grayscale view here is never re-coloured by the jitter's
+    brightness/contrast afterwards (saturation and hue leave a grey image unchanged either way).
+    Scaling rule: views have the image's size.
+    """
+    return [ViewConfig(n=2, size=image_size, scale=(0.2, 1.0), jitter_p=1.0, brightness=0.4,
+                       contrast=0.4, saturation=0.4, hue=0.4, grayscale_p=0.2, blur_p=0.0)]
+
+
+@registry.register(
+    "preset",
+    "moco_v2",
+    description="two symmetric views: crop 0.2-1, flip, colour jitter 0.4 (p 0.8), grayscale, "
+    "blur",
+    reference="Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning (MoCo "
+    "v2), sec. 2; also SimSiam's",
+)
+def moco_v2_views(image_size: int) -> list[ViewConfig]:
+    """MoCo v2 (sec. 2; facebookresearch/moco ``main_moco.py`` with ``--aug-plus``, and
+    facebookresearch/simsiam ``main_simsiam.py``): one group of 2 views.
+
+    Crop scale (0.2, 1), flip 0.5, colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8 ("not
+    strengthened"), grayscale 0.2, Gaussian blur p 0.5 with sigma U(0.1, 2.0). Scaling rule:
+    views have the image's size; blur kernel = 10% of the view side (odd, >= 3) and sigma
+    U(0.1, 2.0) * size / 224 pixels, so blur stays on (the papers give no small-image recipe)
+    but is nearly the identity on 32-pixel images.
+    """
+    return [ViewConfig(n=2, size=image_size, scale=(0.2, 1.0), jitter_p=0.8, brightness=0.4,
+                       contrast=0.4, saturation=0.4, hue=0.1, grayscale_p=0.2, blur_p=0.5)]
+
+
 # BYOL table 6 colour settings, shared by BYOL's views and all DINO crops.
 _BYOL_COLOR: dict[str, Any] = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
                                    jitter_p=0.8, grayscale_p=0.2)  # fmt: skip

@@ -6,8 +6,10 @@
 - :func:`bank_logits` / :func:`bank_info_nce`: the logits of anchors against their memory-bank
   entry and ``K`` bank noise entries, and the InfoNCE (softmax) alternative to NCE over them
   (InstDisc's and CMC's ``loss="infonce"``; Oord et al. 2018, eq. 4).
-- :func:`invaspread_loss`: the invariance + spreading instance-softmax loss of Ye et al. 2019,
-  "Unsupervised Embedding Learning via Invariant and Spreading Instance Feature", sec. 3.1.
+- :func:`invaspread_batch_loss`: the invariance + spreading instance-softmax loss of Ye et al.
+  2019, "Unsupervised Embedding Learning via Invariant and Spreading Instance Feature", as its
+  official code computes it (``BatchCriterion``: every embedding of both views is an anchor);
+  :func:`invaspread_loss`: the one-sided formula of the paper's sec. 3.1.
 - :func:`cpc_info_nce`: the InfoNCE of CPC (Oord et al. 2018, eq. 4) with the positive of each
   prediction given as an index into a shared pool of targets (no dense ``[M, N]`` mask).
 
@@ -25,8 +27,8 @@ from torch import Tensor
 
 from selfsup.types import ConfigError, DataError
 
-__all__ = ["bank_info_nce", "bank_logits", "cpc_info_nce", "estimate_log_z", "invaspread_loss",
-           "nce_loss"]
+__all__ = ["bank_info_nce", "bank_logits", "cpc_info_nce", "estimate_log_z",
+           "invaspread_batch_loss", "invaspread_loss", "nce_loss"]
 
 
 def _check_temperature(temperature: float, name: str) -> None:
@@ -166,7 +168,8 @@ def bank_info_nce(pos_logits: Tensor, noise_logits: Tensor) -> Tensor:
 
 
 def invaspread_loss(f: Tensor, f_hat: Tensor, temperature: float = 0.1) -> Tensor:
-    """Invariance + spreading loss of Ye et al. 2019 (sec. 3.1), mean over the ``m`` instances.
+    """Invariance + spreading loss as written in Ye et al. 2019 (sec. 3.1), one-sided, mean over
+    the ``m`` instances (the official code computes :func:`invaspread_batch_loss` instead).
 
     ``f`` are the (L2-normalised) features of the original images ``x_1..x_m`` and act as the
     instance classifier's weights; ``f_hat`` those of the augmented images ``x_hat_i``:
@@ -209,6 +212,62 @@ def invaspread_loss(f: Tensor, f_hat: Tensor, temperature: float = 0.1) -> Tenso
     p = torch.softmax(f @ f.T / temperature, dim=1)  # P(k | x_row)
     spread = -torch.log1p(-p).masked_fill(eye, 0.0).sum(dim=1)  # [m], sum over k != row
     return (invariance.sum() + spread.sum()) / m
+
+
+def invaspread_batch_loss(f: Tensor, f_hat: Tensor, temperature: float = 0.1) -> Tensor:
+    """InvaSpread's loss as its official code computes it (mangye16/Unsupervised_Embedding_Learning,
+    ``BatchAverage.py``, ``BatchCriterion.forward`` with ``negM = 1``).
+
+    All ``2m`` embeddings ``z = normalize(cat(f, f_hat))`` are anchors; anchor ``z_i`` is
+    classified among the ``2m - 1`` other embeddings, which act as instance weights through a
+    stop-gradient ``sg`` (the code's ``.data``), and must pick its other view ``z_i'``:
+
+        P(j | z_i) = exp(z_i . sg(z_j) / t) / sum_{k != i} exp(z_i . sg(z_k) / t)
+        J = -1/(2m) sum_i [ log P(i' | z_i) + sum_{j not in {i, i'}} log(1 - P(j | z_i)) ]
+
+    Differences from the paper's formula (:func:`invaspread_loss`): both views are anchors, the
+    denominators hold both views but not the anchor itself, the weight side gets no gradient,
+    and the sum is divided by ``2m``. Without the self term ``P(j | z_i)`` can approach 1 (two
+    instances with nearly equal embeddings), so ``log(1 - P)`` of each row's largest ``P`` is
+    computed as a log-sum-exp over the remaining columns (no cancellation); every other ``P`` of
+    the row is <= 1/2 and goes through ``log1p``.
+
+    Args:
+        f: features of the first views ``[m, D]``, ``m >= 2`` (normalised here).
+        f_hat: features of the second views ``[m, D]``; row ``i`` is the same image as ``f[i]``.
+        temperature: ``t > 0`` (paper and code: 0.1).
+
+    Returns:
+        Scalar loss (float32 or the inputs' dtype if wider).
+
+    Raises:
+        DataError: if the inputs are not equal ``[m, D]`` shapes with ``m >= 2``.
+        ConfigError: if ``temperature`` is not positive.
+    """
+    _check_temperature(temperature, "invaspread_batch_loss")
+    if f.dim() != 2 or f.shape != f_hat.shape or f.shape[0] < 2:
+        raise DataError(
+            f"invaspread_batch_loss expects two [m, D] feature tensors of equal shape with "
+            f"m >= 2, got {tuple(f.shape)} and {tuple(f_hat.shape)}"
+        )
+    z = F.normalize(torch.cat([f, f_hat]), dim=1)  # [2m, D]
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    # row = anchor z_i (gets the gradient), column = weight z_j (stop-gradient); no self term
+    logits = (z @ z.detach().T / temperature).masked_fill(eye, -math.inf)  # [2m, 2m]
+    log_p = torch.log_softmax(logits, dim=1)  # log P(j | z_i)
+    pos = torch.arange(n, device=z.device).roll(n // 2)  # i' = i + m mod 2m
+    top = torch.zeros_like(eye).scatter_(1, log_p.argmax(dim=1, keepdim=True), True)
+    log_not = torch.log1p(-log_p.masked_fill(top | eye, -1.0).exp())  # log(1 - P), P <= 1/2
+    rest = torch.logsumexp(logits.masked_fill(top, -math.inf), dim=1) - torch.logsumexp(
+        logits, dim=1)  # log(1 - P) of each row's largest P
+    log_not = torch.where(top, rest[:, None], log_not)
+    neg = ~(eye | F.one_hot(pos, n).bool())
+    spread = log_not.masked_fill(~neg, 0.0).sum(dim=1)  # [2m], j not in {i, i'}
+    invariance = log_p.gather(1, pos[:, None]).squeeze(1)  # [2m], log P(i' | z_i)
+    return -(invariance + spread).sum() / n
 
 
 def cpc_info_nce(predictions: Tensor, targets: Tensor, positive_index: Tensor) -> Tensor:

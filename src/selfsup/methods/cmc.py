@@ -194,10 +194,11 @@ class CMC(Method):
     Config: ClassVar[type] = CMCConfig
     default_views: ClassVar[str] = "simclr"  # views[0] is split into channels (see docs)
     # official code: SGD lr 0.03 at batch 256 (ImageNet 128 images per batch at 0.03),
-    # momentum 0.9, weight decay 1e-4; step decay there, cosine here.
+    # momentum 0.9, weight decay 1e-4; step decay there, cosine here. HobbitLong/CMC
+    # train_CMC.py set_optimizer: SGD over model.parameters(), BN and biases decayed too.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "sgd", "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4,
-        "momentum": 0.9, "warmup_epochs": 0, "min_lr_ratio": 0.0,
+        "momentum": 0.9, "warmup_epochs": 0, "min_lr_ratio": 0.0, "decay_norm_bias": True,
     }
 
     def __init__(self, backbone: nn.Module, cfg: CMCConfig) -> None:

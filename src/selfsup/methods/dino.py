@@ -19,9 +19,16 @@ dominating prototype. ``centering=False`` collapses to one dimension, ``sharpeni
 ``teacher_marginal_entropy`` (of the batch mean) show which (see
 :func:`~selfsup.losses.dino.teacher_entropies`).
 
-Appendix/code details kept: crops grouped by resolution so each size takes one backbone pass
-(``MultiCropWrapper``), the last layer frozen during the first epoch, teacher temperature warm-up
-(linear over ``warmup_teacher_temp_epochs``), gradient clipping at 3.0, AdamW. Optional DINOv2
+Appendix/code details kept (facebookresearch/dino ``main_dino.py`` ``train_one_epoch`` and
+``utils.py``): the last layer frozen during the first epoch with its gradient dropped
+(``cancel_gradients_last_layer``: ``p.grad = None``, see :meth:`DINO.before_optimizer_step`),
+teacher temperature warm-up (linear over ``warmup_teacher_temp_epochs``), each parameter's
+gradient clipped to norm 3.0 on its own (``clip_gradients``; ``optim.clip_mode=per_param``),
+AdamW with no weight decay on biases and 1-d parameters (``get_params_groups``), and a teacher
+EMA over parameters only (the teacher's BatchNorm runs in training mode on the global crops and
+keeps its own running statistics). Crops of one size take one backbone pass
+(``MultiCropWrapper``, ``crop_passes=grouped``) or one pass per crop (``per_crop``, faster on a
+CPU; BatchNorm statistics are then per crop); ``auto`` picks by device. Optional DINOv2
 additions (Oquab et al. 2023, "DINOv2: Learning Robust Visual Features without Supervision",
 sec. 4): the KoLeo regulariser on the student's global-crop backbone features (``koleo_weight``)
 and Sinkhorn-Knopp centering (``sinkhorn_centering``): the teacher targets are SwAV's
@@ -43,7 +50,7 @@ from selfsup.methods.base import Method
 from selfsup.nn.center import Center
 from selfsup.nn.ema import EMA
 from selfsup.nn.heads import DINOHead
-from selfsup.nn.multicrop import encode_by_resolution
+from selfsup.nn.multicrop import CROP_PASSES, encode_by_resolution
 from selfsup.nn.sinkhorn import sinkhorn
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
@@ -74,6 +81,10 @@ class DINOConfig:
     koleo_weight: float = 0.0  # DINOv2's KoLeo on global-crop features (Oquab et al. sec. 4: 0.1)
     sinkhorn_centering: bool = False  # DINOv2's Sinkhorn-Knopp teacher targets (Oquab et al. sec. 4)
     sinkhorn_iters: int = 3  # Sinkhorn-Knopp iterations (DINOv2 code: 3)
+    # backbone passes over the crops (student and teacher): grouped = one per crop size, as the
+    # reference MultiCropWrapper; per_crop = one per crop (per-crop BN statistics, as lightly);
+    # auto = per_crop on a CPU, grouped on an accelerator (selfsup.nn.multicrop)
+    crop_passes: str = "auto"
 
 
 Config = DINOConfig
@@ -111,8 +122,9 @@ class DINO(Method):
     Config: ClassVar[type] = DINOConfig
     default_views: ClassVar[str] = "dino"
     # Appendix / main_dino.py: AdamW, lr 0.0005 x B / 256 with 10 warm-up epochs then cosine to
-    # min_lr 1e-6 (= 0.002 x the base lr at batch 256), gradient clipping at 3.0, weight decay
-    # raised from 0.04 to 0.4 by cosine over the run (appendix; main_dino.py's wd_scheduler).
+    # min_lr 1e-6 (= 0.002 x the base lr at batch 256), each parameter's gradient clipped to
+    # norm 3.0 (utils.clip_gradients), weight decay raised from 0.04 to 0.4 by cosine over the
+    # run (wd_scheduler) on all but biases and 1-d parameters (utils.get_params_groups).
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "adamw",
         "lr": 0.0005,
@@ -123,6 +135,8 @@ class DINO(Method):
         "warmup_epochs": 10,
         "min_lr_ratio": 0.002,
         "clip_grad": 3.0,
+        "clip_mode": "per_param",
+        "decay_norm_bias": False,
     }
 
     steps_done: Tensor
@@ -144,11 +158,16 @@ class DINO(Method):
         for key in ("warmup_teacher_temp_epochs", "freeze_last_layer", "koleo_weight"):
             if getattr(cfg, key) < 0:
                 raise ConfigError(f"method_args.{key} must be >= 0, got {getattr(cfg, key)}")
+        if cfg.crop_passes not in CROP_PASSES:
+            raise ConfigError(f"method_args.crop_passes must be one of {', '.join(CROP_PASSES)}, "
+                              f"got {cfg.crop_passes!r}")
         self.head = DINOHead(num_features, cfg.out_dim, hidden_dim=cfg.hidden_dim,
                              bottleneck_dim=cfg.bottleneck_dim, num_layers=cfg.head_layers,
                              use_bn=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
-        self.teacher_backbone = EMA(backbone)
-        self.teacher_head = EMA(self.head)
+        # main_dino.py moves the teacher's parameters only; its BatchNorm (ResNets, use_bn_in_head)
+        # keeps the statistics of its own training-mode passes over the global crops
+        self.teacher_backbone = EMA(backbone, copy_buffers=False)
+        self.teacher_head = EMA(self.head, copy_buffers=False)
         _disable_drop_path(self.teacher_backbone)
         self.center = Center(cfg.out_dim, cfg.center_momentum)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -171,6 +190,17 @@ class DINO(Method):
         ``cancel_gradients_last_layer``)."""
         return step < round(self.cfg.freeze_last_layer * self.steps_per_epoch)
 
+    def before_optimizer_step(self, step: int) -> None:
+        """Drop the last layer's gradients (``p.grad = None``) while it is frozen, as the
+        reference's ``cancel_gradients_last_layer`` between backward (and clipping) and
+        ``optimizer.step()``: AdamW then skips the layer entirely (no step count, no moments, no
+        weight decay), so its first update after the freeze is Adam's first step. Called by the
+        trainer after the last micro-batch's backward, once DDP has reduced the (zero) gradients
+        that keep the layer in the graph (:meth:`~selfsup.nn.heads.DINOHead.forward`)."""
+        if self.last_layer_frozen_at(step):
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
     def momentum_at(self, step: int, total: int) -> float:
         """Teacher EMA ``lambda``: cosine from ``momentum_base`` to ``momentum_end`` (sec. 3.1)."""
         return cosine(step, total, self.cfg.momentum_base, self.cfg.momentum_end)
@@ -184,8 +214,8 @@ class DINO(Method):
         """DINO loss over all (teacher global crop, other student crop) pairs.
 
         ``batch.views``: the global crops first (``global_crops`` views ``[B, C, H, W]`` of one
-        size), then any local crops ``[B, C, h, w]``; equally sized consecutive views share a
-        backbone pass.
+        size), then any local crops ``[B, C, h, w]``; the backbone passes follow
+        ``crop_passes``.
 
         Raises:
             DataError: with fewer than 2 views, fewer views than ``global_crops``, or global
@@ -205,10 +235,12 @@ class DINO(Method):
         frozen = self.last_layer_frozen_at(step)
         tau_t = self.teacher_temp_at(step)
 
-        feats = encode_by_resolution(self.backbone, views)  # [V*B, num_features]
+        passes = cfg.crop_passes
+        feats = encode_by_resolution(self.backbone, views, passes)  # [V*B, num_features]
         student = self.head(feats, freeze_last_layer=frozen).view(len(views), b, -1)  # [V, B, K]
         with torch.no_grad():
-            teacher = self._teacher_logits(torch.cat(views[:n_g]))  # [T*B, K]
+            teacher = self.teacher_head(  # [T*B, K]
+                encode_by_resolution(self.teacher_backbone, views[:n_g], passes))
             if not cfg.sinkhorn_centering:  # the Sinkhorn targets do not use the center
                 self.center.add(teacher)
             teacher = teacher.view(n_g, b, -1)  # [T, B, K]

@@ -126,7 +126,8 @@ class InstDisc(Method):
     Config: ClassVar[type] = InstDiscConfig
     default_views: ClassVar[str] = "simclr"  # only views[0] is used (one view per image)
     # sec. 4: SGD, lr 0.03 at batch 256, momentum 0.9, weight decay 5e-4 (step decay in the
-    # paper; cosine here), no warm-up.
+    # paper; cosine here), no warm-up. zhirongw/lemniscate.pytorch main.py: SGD over
+    # model.parameters(), so BN and biases are decayed too.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "sgd",
         "lr": 0.03,
@@ -135,6 +136,7 @@ class InstDisc(Method):
         "momentum": 0.9,
         "warmup_epochs": 0,
         "min_lr_ratio": 0.0,
+        "decay_norm_bias": True,
     }
 
     def __init__(self, backbone: nn.Module, cfg: InstDiscConfig) -> None:

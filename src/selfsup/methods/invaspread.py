@@ -4,13 +4,22 @@ Ye et al. 2019, "Unsupervised Embedding Learning via Invariant and Spreading Ins
 The backbone and a linear layer map each image to a 128-d unit vector (sec. 3.2). Within a batch
 of ``m`` instances, the features ``f_i`` of the original images are the weights of an instance
 classifier: the augmented image ``x_hat_i`` must be recognised as instance ``i`` (invariance)
-and every other original ``x_j`` must not (spreading), sec. 3.1; see
-:func:`selfsup.losses.nce.invaspread_loss`. No memory bank: everything is computed in the batch.
+and every other original ``x_j`` must not (spreading), sec. 3.1. No memory bank: everything is
+computed in the batch.
 
-The paper pairs an un-augmented original with one augmented copy; here both are augmented views
-of the trainer's view pipeline (``views[0]`` plays the original, ``views[1]`` the augmented
-image), which is how the official code feeds its Siamese batch. ``symmetric=True`` averages the
-loss with the two roles swapped.
+Loss (``loss``). The default ``"batch"`` is what the official code optimises
+(mangye16/Unsupervised_Embedding_Learning, ``BatchAverage.py``, ``BatchCriterion``; see
+:func:`selfsup.losses.nce.invaspread_batch_loss`): the two views' ``2m`` embeddings all act as
+anchors, each classified among the ``2m - 1`` others (weights under a stop-gradient), the sum
+divided by ``2m``. ``"paper"`` is the one-sided formula of sec. 3.1
+(:func:`selfsup.losses.nce.invaspread_loss`: ``views[0]`` are the weights and the originals,
+``views[1]`` the augmented images, gradients through both); ``symmetric=True`` averages it with
+the roles swapped. The paper pairs an un-augmented original with one augmented copy; here both
+are augmented views of the trainer's pipeline, as the official code feeds its Siamese batch
+(``CIFAR10Instance`` applies the training transform twice). Both views go through one backbone
+pass (``net(torch.cat((inputs1, inputs2)))`` in ``demo_seen.py``), so BatchNorm statistics are
+those of the ``2m`` images. Optimiser: SGD over ``net.parameters()`` with weight decay 5e-4, so
+biases and BatchNorm parameters are decayed too (``decay_norm_bias``).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.losses.nce import invaspread_loss
+from selfsup.losses.nce import invaspread_batch_loss, invaspread_loss
 from selfsup.methods.base import Method
 from selfsup.nn.heads import mlp
 from selfsup.registry import register
@@ -35,7 +44,8 @@ class InvaSpreadConfig:
 
     embed_dim: int = 128  # dimension of the normalised embedding (sec. 4: 128-d FC layer)
     temperature: float = 0.1  # tau of the instance softmax (sec. 4: 0.1)
-    symmetric: bool = False  # also use views[1] as the originals and average (paper: one way)
+    loss: str = "batch"  # "batch": official BatchCriterion (2m anchors); "paper": sec. 3.1 eq.
+    symmetric: bool = False  # loss="paper" only: also views[1] as the originals, averaged
 
 
 Config = InvaSpreadConfig
@@ -62,7 +72,8 @@ class InvaSpread(Method):
     Config: ClassVar[type] = InvaSpreadConfig
     default_views: ClassVar[str] = "simclr"
     # sec. 4 / official code: SGD, lr 0.03 at batch 128 (= 0.06 at 256 with linear scaling),
-    # momentum 0.9, weight decay 5e-4; step decay in the paper, cosine here.
+    # momentum 0.9, weight decay 5e-4 on every parameter (SGD over net.parameters() in
+    # demo_seen.py); step decay in the paper, cosine here.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "sgd",
         "lr": 0.06,
@@ -71,6 +82,7 @@ class InvaSpread(Method):
         "momentum": 0.9,
         "warmup_epochs": 0,
         "min_lr_ratio": 0.0,
+        "decay_norm_bias": True,
     }
 
     def __init__(self, backbone: nn.Module, cfg: InvaSpreadConfig) -> None:
@@ -80,10 +92,17 @@ class InvaSpread(Method):
             raise ConfigError(f"method_args.embed_dim must be >= 1, got {cfg.embed_dim}")
         if not cfg.temperature > 0:
             raise ConfigError(f"method_args.temperature must be > 0, got {cfg.temperature}")
+        if cfg.loss not in ("batch", "paper"):
+            raise ConfigError(f"method_args.loss must be 'batch' or 'paper', got {cfg.loss!r}")
+        if cfg.symmetric and cfg.loss != "paper":
+            raise ConfigError(
+                "method_args.symmetric=true applies to method_args.loss='paper' only (the "
+                "'batch' loss already uses both views as anchors)"
+            )
         self.head = mlp([num_features, cfg.embed_dim], batch_norm=False, bias=True)
 
     def training_step(self, batch: Batch) -> StepOutput:
-        """Invariance + spreading loss between ``views[0]`` (originals) and ``views[1]``.
+        """Invariance + spreading loss of ``views[0]`` and ``views[1]`` (``cfg.loss``).
 
         Raises:
             DataError: with fewer than two views, views of different shapes, or a batch of one.
@@ -100,7 +119,10 @@ class InvaSpread(Method):
         f = F.normalize(self.head(self.backbone(torch.cat([x1, x2]))), dim=1)  # [2B, D]
         f1, f2 = f[:b], f[b:]
         t = self.cfg.temperature
-        loss = invaspread_loss(f1, f2, t)
-        if self.cfg.symmetric:
-            loss = 0.5 * (loss + invaspread_loss(f2, f1, t))
+        if self.cfg.loss == "batch":
+            loss = invaspread_batch_loss(f1, f2, t)
+        else:
+            loss = invaspread_loss(f1, f2, t)
+            if self.cfg.symmetric:
+                loss = 0.5 * (loss + invaspread_loss(f2, f1, t))
         return StepOutput(loss=loss, logs={}, embeddings=f1.detach())

@@ -15,6 +15,13 @@ of the same sub-batch (otherwise the model "cheats" through the statistics). Her
 run over ``G`` sub-batches (``shuffle_bn_groups``): the queries in their original order, the keys
 after a random permutation (undone on the outputs), which reproduces per-GPU statistics with the
 cross-GPU shuffle on a single device, and on every rank of a multi-GPU run.
+
+Reference choices (facebookresearch/moco): the momentum update touches parameters only
+(``moco/builder.py``, ``_momentum_update_key_encoder``), so the key encoder's BatchNorm keeps
+running statistics of its own (shuffled) key batches (``EMA(copy_buffers=False)``); SGD runs over
+``model.parameters()`` with one weight decay (``main_moco.py``), so biases and BatchNorm
+parameters are decayed too (``decay_norm_bias``); the views are the papers' augmentations
+(presets ``moco_v1``: InstDisc's, ``moco_v2``: ``--aug-plus``).
 """
 
 from __future__ import annotations
@@ -97,7 +104,7 @@ class _MoCo(Method):
     """
 
     Config: ClassVar[type] = MoCoV1Config
-    default_views: ClassVar[str] = "simclr"
+    default_views: ClassVar[str] = "moco_v1"
 
     def __init__(self, backbone: nn.Module, cfg: MoCoV1Config) -> None:
         super().__init__(backbone, cfg)
@@ -119,7 +126,8 @@ class _MoCo(Method):
                 )
         hidden = [cfg.proj_hidden_dim] if cfg.proj_hidden_dim > 0 else []
         self.projector = mlp([num_features, *hidden, cfg.proj_dim], batch_norm=False, bias=True)
-        self.key_encoder = EMA(nn.Sequential(self.backbone, self.projector))
+        # parameters-only momentum update (builder.py): BN running stats are the key encoder's
+        self.key_encoder = EMA(nn.Sequential(self.backbone, self.projector), copy_buffers=False)
         self.queue = Queue(cfg.queue_size, cfg.proj_dim)
         self._pending: list[tuple[Tensor, Tensor]] = []  # (keys, index) to enqueue after step
 
@@ -182,9 +190,11 @@ class _MoCo(Method):
 
 
 # v1 sec. 4.1: SGD, lr 0.03 at batch 256, weight decay 1e-4, momentum 0.9 (v1 decays the lr by
-# 10x at epochs 120 and 160 of 200; this library's schedule is cosine, v2's choice).
+# 10x at epochs 120 and 160 of 200; this library's schedule is cosine, v2's choice). main_moco.py
+# passes model.parameters() whole to SGD: every parameter is decayed, BN and biases included.
 _SGD: dict[str, Any] = {"name": "sgd", "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4,
-                        "momentum": 0.9, "warmup_epochs": 0, "min_lr_ratio": 0.0}
+                        "momentum": 0.9, "warmup_epochs": 0, "min_lr_ratio": 0.0,
+                        "decay_norm_bias": True}
 
 
 @register(
@@ -197,6 +207,7 @@ class MoCoV1(_MoCo):
     """MoCo v1 (He et al. 2020): linear 128-d head, ``tau = 0.07``. See :class:`_MoCo`."""
 
     Config: ClassVar[type] = MoCoV1Config
+    default_views: ClassVar[str] = "moco_v1"  # sec. 4.1: InstDisc's augmentation
     default_optim: ClassVar[dict[str, Any]] = dict(_SGD)
 
 
@@ -210,4 +221,5 @@ class MoCoV2(_MoCo):
     """MoCo v2 (Chen et al. 2020): 2048-d MLP head, ``tau = 0.2``, cosine lr (v2 sec. 2)."""
 
     Config: ClassVar[type] = MoCoV2Config
+    default_views: ClassVar[str] = "moco_v2"  # v2 sec. 2: + blur, jitter p 0.8 (--aug-plus)
     default_optim: ClassVar[dict[str, Any]] = dict(_SGD)

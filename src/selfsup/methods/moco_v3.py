@@ -9,6 +9,14 @@ CE(q k^T / tau, diag)``: the keys of the whole (global) batch are the candidates
 same image is the positive (Algorithm 1; the factor ``2 tau`` is the official code's, making the
 gradient scale insensitive to ``tau``). sec. 4 / 5: for ViT the patch projection can be frozen at
 its random initialisation ("random patch projection"), which stabilises training.
+
+Reference choices (facebookresearch/moco-v3): the momentum update touches parameters only
+(``moco/builder.py``, ``_update_momentum_encoder``), so the momentum encoder's BatchNorm keeps
+statistics of its own forward passes (``EMA(copy_buffers=False)``). The default recipe is the
+ResNet one, LARS from ``moco/optimizer.py``, which skips weight decay and the trust ratio for
+every parameter with ``ndim <= 1`` (``decay_norm_bias=False``, as this library's LARS does). The
+ViT recipe's AdamW (``main_moco.py``) decays every parameter: add ``optim.decay_norm_bias=true``
+to it.
 """
 
 from __future__ import annotations
@@ -77,7 +85,8 @@ class MoCoV3(Method):
     default_views: ClassVar[str] = "byol"  # sec. 4: BYOL's augmentation (asymmetric blur/solar.)
     # Official ResNet-50 recipe (the default backbone is a ResNet): LARS, lr 0.6 x B / 256,
     # weight decay 1e-6, momentum 0.9, 10 warm-up epochs, cosine to 0. ViT recipe (sec. 4):
-    # optim.name=adamw optim.lr=1.5e-4 optim.weight_decay=0.1 optim.warmup_epochs=40.
+    # optim.name=adamw optim.lr=1.5e-4 optim.weight_decay=0.1 optim.warmup_epochs=40
+    # optim.decay_norm_bias=true (AdamW over model.parameters() decays norms and biases too).
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "lars",
         "lr": 0.6,
@@ -86,6 +95,7 @@ class MoCoV3(Method):
         "momentum": 0.9,
         "warmup_epochs": 10,
         "min_lr_ratio": 0.0,
+        "decay_norm_bias": False,  # moco/optimizer.py LARS: no decay for ndim <= 1
     }
 
     def __init__(self, backbone: nn.Module, cfg: MoCoV3Config) -> None:
@@ -126,7 +136,9 @@ class MoCoV3(Method):
                              last_bn=True, last_bn_affine=False)
         self.predictor = mlp([out] + [hid] * (cfg.pred_layers - 1) + [out], bias=False,
                              last_bn=vit, last_bn_affine=False)
-        self.momentum_encoder = EMA(nn.Sequential(self.backbone, self.projector))
+        # parameters-only momentum update (builder.py): BN running stats stay its own
+        self.momentum_encoder = EMA(nn.Sequential(self.backbone, self.projector),
+                                    copy_buffers=False)
 
     def momentum_at(self, step: int, total: int) -> float:
         """EMA momentum after step ``step`` of ``total``: ``1 - (1 - m)(cos(pi step/total) + 1)/2``

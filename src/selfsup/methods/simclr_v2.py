@@ -97,6 +97,7 @@ class SimCLRv2(Method):
         "momentum": 0.9,
         "warmup_epochs": 5,
         "min_lr_ratio": 0.0,
+        "decay_norm_bias": False,  # LARS exclude_from_weight_decay: batch_normalization, bias
     }
 
     def __init__(self, backbone: nn.Module, cfg: SimCLRv2Config) -> None:

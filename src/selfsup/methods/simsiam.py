@@ -62,9 +62,12 @@ class SimSiam(Method):
     """
 
     Config: ClassVar[type] = SimSiamConfig
-    default_views: ClassVar[str] = "simclr"  # sec. 4 / appendix A: SimCLR/MoCo v2 augmentations
+    # appendix A / main_simsiam.py ("MoCo v2's aug"): crop 0.2-1, jitter 0.4 p 0.8, blur p 0.5
+    default_views: ClassVar[str] = "moco_v2"
     # SimSiam sec. 3 ("Optimizer"): SGD, lr = 0.05 x B / 256, weight decay 1e-4, momentum 0.9,
-    # cosine decay, no warm-up (batch 512).
+    # cosine decay, no warm-up (batch 512). main_simsiam.py hands model.parameters() (or the
+    # encoder's and predictor's, all of them) to SGD with one weight decay: every parameter,
+    # BN and biases included, is decayed.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "sgd",
         "lr": 0.05,
@@ -73,6 +76,7 @@ class SimSiam(Method):
         "momentum": 0.9,
         "warmup_epochs": 0,
         "min_lr_ratio": 0.0,
+        "decay_norm_bias": True,
     }
 
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig) -> None:

@@ -6,9 +6,14 @@ against ``K`` unit prototypes ``C`` (sec. 3.1). For the two global crops the cod
 computed online by Sinkhorn-Knopp (eq. 3-5: the batch is spread equally over the prototypes,
 which prevents the trivial solution of one cluster), and every other crop, multi-crop included,
 predicts them (the "swapped" prediction, eq. 1-2, 6) through ``softmax(z^T C / tau)``.
-Prototypes are re-normalised after each step and frozen during the first epoch (appendix A).
+Prototypes are re-normalised after each step and frozen during the first epoch (appendix A;
+facebookresearch/swav ``main_swav.py`` ``train`` sets their ``p.grad = None`` for the first
+``freeze_prototypes_niters`` iterations, see :meth:`SwAV.before_optimizer_step`).
 With small batches a queue of the embeddings of the last batches is scored too, so Sinkhorn
 equipartitions over more samples (sec. 4 / appendix A: 3840 features, from epoch 15).
+Crops of one size take one backbone pass (``src/resnet50.py`` ``ResNet.forward``,
+``crop_passes=grouped``) or one pass per crop (``per_crop``, faster on a CPU; BatchNorm
+statistics are then per crop); ``auto`` picks by device (:mod:`selfsup.nn.multicrop`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import Tensor, nn
 from selfsup.losses.clustering import swapped_prediction_loss
 from selfsup.methods.base import Method
 from selfsup.nn.heads import mlp
-from selfsup.nn.multicrop import encode_by_resolution
+from selfsup.nn.multicrop import CROP_PASSES, encode_by_resolution
 from selfsup.nn.prototypes import Prototypes
 from selfsup.nn.sinkhorn import sinkhorn
 from selfsup.registry import register
@@ -49,6 +54,10 @@ class SwAVConfig:
     freeze_prototypes_epochs: float = 1.0  # prototypes frozen for this many epochs (appendix A)
     queue_length: int = 3840  # queued embeddings, small-batch setting (batch 256); 0: no queue
     epoch_queue_starts: int = 15  # the queue is filled from this epoch on (appendix A)
+    # backbone passes over the crops: grouped = one per crop size, as the reference's
+    # ResNet.forward; per_crop = one per crop (per-crop BN statistics, as lightly); auto =
+    # per_crop on a CPU, grouped on an accelerator (selfsup.nn.multicrop)
+    crop_passes: str = "auto"
 
 
 Config = SwAVConfig
@@ -80,6 +89,8 @@ class SwAV(Method):
     default_views: ClassVar[str] = "swav"
     # Appendix A / main_swav.py: LARS (trust 0.001), lr 4.8 at batch 4096 = 0.3 x B / 256,
     # cosine decay to 0.0048 (ratio 0.001), weight decay 1e-6, momentum 0.9, 10 warm-up epochs.
+    # main_swav.py builds SGD over model.parameters() with one weight_decay (then LARC), so
+    # biases and BatchNorm parameters are decayed too.
     default_optim: ClassVar[dict[str, Any]] = {
         "name": "lars",
         "lr": 0.3,
@@ -88,6 +99,7 @@ class SwAV(Method):
         "momentum": 0.9,
         "warmup_epochs": 10,
         "min_lr_ratio": 0.001,
+        "decay_norm_bias": True,
     }
 
     queue: Tensor
@@ -109,6 +121,9 @@ class SwAV(Method):
         for key in ("queue_length", "epoch_queue_starts", "freeze_prototypes_epochs"):
             if getattr(cfg, key) < 0:
                 raise ConfigError(f"method_args.{key} must be >= 0, got {getattr(cfg, key)}")
+        if cfg.crop_passes not in CROP_PASSES:
+            raise ConfigError(f"method_args.crop_passes must be one of {', '.join(CROP_PASSES)}, "
+                              f"got {cfg.crop_passes!r}")
         if cfg.num_prototypes < cfg.proj_out_dim:
             logger.warning(
                 "swav: num_prototypes=%d < proj_out_dim=%d: the prototypes span only part of the "
@@ -129,6 +144,14 @@ class SwAV(Method):
         return int(self.num_updates) < round(self.cfg.freeze_prototypes_epochs *
                                              self.steps_per_epoch)
 
+    def before_optimizer_step(self, step: int) -> None:
+        """Drop the prototypes' gradient (``p.grad = None``) while they are frozen, as
+        ``main_swav.py`` does between backward and ``optimizer.step()``: the optimiser then
+        skips them (no weight decay, no momentum buffer). Called by the trainer after DDP has
+        reduced the zero gradient that keeps them in the graph (``grad_scale=0``)."""
+        if self.prototypes_frozen():
+            self.prototypes.weight.grad = None
+
     def queue_in_use(self) -> bool:
         """The queue joins the Sinkhorn batch once it is full (as the reference code)."""
         return self.queue.shape[1] > 0 and int(self.queue_filled) >= self.queue.shape[1]
@@ -146,7 +169,8 @@ class SwAV(Method):
             raise DataError(f"swav assigns codes to crops {cfg.assign_crops} but the batch has "
                             f"{len(views)} views")
         b = views[0].shape[0]
-        z = F.normalize(self.projector(encode_by_resolution(self.backbone, views)), dim=1)
+        feats = encode_by_resolution(self.backbone, views, cfg.crop_passes)  # [V*B, F]
+        z = F.normalize(self.projector(feats), dim=1)
         scores = self.prototypes(z, grad_scale=0.0 if self.prototypes_frozen() else 1.0)
         per_crop = list(scores.chunk(len(views)))  # V x [B, K]
         use_queue = self.queue_in_use()

@@ -82,15 +82,17 @@ class WeightNormLinear(nn.Module):
 
     Attributes:
         weight_v: direction ``V`` ``[out_dim, in_dim]`` (``nn.Linear``'s default initialisation).
-        weight_g: row norms ``g`` ``[out_dim]``, initialised to 1. One-dimensional, so the
-            optimiser's decay groups treat it like a normalisation scale (no weight decay).
+        weight_g: row norms ``g`` ``[out_dim, 1]``, initialised to 1: the shape of
+            ``torch.nn.utils.weight_norm``'s ``weight_g``, so when it is trained
+            (``fix_norm=False``) the decay groups decay it as the reference's
+            ``utils.get_params_groups`` does (it only spares biases and 1-d parameters).
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, fix_norm: bool = True) -> None:
         super().__init__()
         init = nn.Linear(in_dim, out_dim, bias=False)  # kaiming-uniform rows, as the reference
         self.weight_v = nn.Parameter(init.weight.detach().clone())
-        self.weight_g = nn.Parameter(torch.ones(out_dim), requires_grad=not fix_norm)
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not fix_norm)
 
     def weight(self, frozen: bool = False) -> Tensor:
         """``g * V / ||V||`` ``[out_dim, in_dim]``. With ``frozen`` the value is the same but the
@@ -98,10 +100,11 @@ class WeightNormLinear(nn.Module):
         v: Tensor = self.weight_v
         g: Tensor = self.weight_g
         if frozen:
-            # same value, zero gradient: DDP still sees every parameter used, and an optimiser
-            # step with a zero gradient leaves V's direction (the only thing W depends on) as is
+            # same value, zero gradient: DDP still sees every parameter used (it has no
+            # find_unused_parameters); the method then drops the gradient (p.grad = None) before
+            # the optimiser step, as the reference (DINO.before_optimizer_step)
             v, g = v.detach() + 0.0 * v, g.detach() + 0.0 * g
-        return g.unsqueeze(1) * v / v.norm(dim=1, keepdim=True)
+        return g * v / v.norm(dim=1, keepdim=True)
 
     def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
         """``[N, in_dim] -> [N, out_dim]``."""
@@ -160,8 +163,12 @@ class DINOHead(nn.Module):
 
         Args:
             x: backbone features.
-            freeze_last_layer: give the last layer a zero gradient (DINO freezes it during the
-                first epoch, sec. "Training" in the appendix / ``cancel_gradients_last_layer``).
+            freeze_last_layer: give the last layer a zero gradient while keeping it in the
+                graph, so DDP (no ``find_unused_parameters``) still reduces it. DINO freezes it
+                during the first epoch (appendix; facebookresearch/dino ``utils.py``
+                ``cancel_gradients_last_layer``, which sets ``p.grad = None`` after backward):
+                :meth:`selfsup.methods.dino.DINO.before_optimizer_step` then drops the zero
+                gradient, so AdamW skips the layer (no step count, moments or weight decay).
         """
         z = F.normalize(self.mlp(x), dim=-1, p=2)  # [N, bottleneck_dim] on the unit sphere
         out: Tensor = self.last_layer(z, frozen=freeze_last_layer)
