@@ -29,7 +29,7 @@ def test_byol_beats_random_init(learn) -> None:
 
 def test_simsiam_beats_random_init(learn) -> None:
     r = learn("simsiam", steps=STEPS, proj_hidden_dim=512, proj_out_dim=512, pred_hidden_dim=128)
-    assert r["trained"] > r["random"] + 2.0, r  # measured +3.9
+    assert r["trained"] > r["random"] + 2.0, r  # measured +3.1 (moco_v2 views; simclr views +2.0)
 
 
 def test_vicreg_beats_random_init(learn) -> None:

@@ -1,7 +1,9 @@
 """SimCLR learns on real data: kNN of the pretrained encoder clearly above random init.
 
-Measured with this protocol (150 steps, batch 128, temperature 0.2): trained 90.8 vs random init
-85.8 kNN top-1 on the digits test split (k=200); the margin asserted leaves room for noise.
+Measured with this protocol (150 steps, batch 128, temperature 0.2): trained 90.0 vs random init
+85.8 kNN top-1 on the digits test split (k=200) with both views in one pass (the default, as the
+official code); one pass per view (``single_pass=False``): 91.6 (seed 1: 90.0 vs 90.5). The
+margin asserted leaves room for noise.
 """
 
 from __future__ import annotations

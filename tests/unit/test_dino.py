@@ -129,6 +129,11 @@ def test_teacher_probs_and_entropies() -> None:
     assert teacher_entropies(uniform) == pytest.approx((math.log(K), math.log(K)))
     assert teacher_entropies(one_hot_same) == pytest.approx((0.0, 0.0), abs=1e-12)
     assert teacher_entropies(one_hot_spread) == pytest.approx((0.0, math.log(4)), abs=1e-12)
+    # a constant, non-uniform output (the same target for every image): both entropies are
+    # equal however sharp it is, so the collapse test's marginal-minus-per-sample gap is 0
+    const = torch.softmax(torch.randn(1, 64) * 3, dim=1).expand(50, 64)
+    h_sample, h_marginal = teacher_entropies(const)
+    assert 0.5 < h_sample < math.log(64) - 0.3 and h_marginal - h_sample == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize(("n", "d"), [(2, 3), (7, 4), (16, 8)])
