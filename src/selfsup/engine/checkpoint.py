@@ -16,6 +16,10 @@ from typing import Any
 
 import torch
 
+from selfsup.utils import dist
+from selfsup.utils.log import logger
+from selfsup.utils.seed import seed_everything, set_rng_state
+
 FORMAT = "selfsup-checkpoint-v1"
 
 
@@ -64,3 +68,21 @@ def load(path: str | Path, *, expect: str = FORMAT) -> dict[str, Any]:
             f"'{path}' is not a selfsup {expect} file (found format {found!r})"
         )
     return payload
+
+
+def restore_rng(payload: dict[str, Any], seed: int, step: int) -> None:
+    """Give this rank its own saved RNG streams. A checkpoint from another world size (or one
+    written before per-rank states were saved, on rank > 0) re-seeds from seed, rank and step,
+    with a warning: the run goes on reproducibly but not as the uninterrupted one would."""
+    per_rank = payload.get("rng_per_rank")
+    r, world = dist.rank(), dist.world_size()
+    if per_rank is not None and len(per_rank) == world:
+        set_rng_state(per_rank[r])
+    elif world == 1 and (per_rank is None or len(per_rank) == 1):
+        set_rng_state(payload["rng"])
+    else:
+        saved = len(per_rank) if per_rank is not None else "an unknown number of"
+        if dist.is_main():
+            logger.warning("the checkpoint was written by %s processes and this run has %d: "
+                           "random streams re-seeded from seed, rank and step", saved, world)
+        seed_everything(seed + 1_000_003 * (step + 1) + r)

@@ -20,10 +20,8 @@ own stream; a stop request on any rank stops all ranks at the same step.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from selfsup.config import RunConfig, from_dict, replace, save_yaml, to_dict
 from selfsup.data.datasets import make_loader
 from selfsup.engine import checkpoint
+from selfsup.engine.guards import StopFlag, closing, non_finite_state
 from selfsup.engine.optim import (
     build_optimizer,
     clip_gradients,
@@ -58,7 +57,7 @@ from selfsup.types import (
 from selfsup.utils import dist
 from selfsup.utils.log import MetricsWriter, logger
 from selfsup.utils.schedules import warmup_cosine
-from selfsup.utils.seed import rng_state, seed_everything, set_rng_state
+from selfsup.utils.seed import rng_state, seed_everything
 
 MONITOR_BANK = 10_000  # training images used as the online kNN monitor's memory bank
 
@@ -85,34 +84,6 @@ class PretrainResult:
     @property
     def completed(self) -> bool:
         return self.step >= self.total_steps
-
-
-class _StopFlag:
-    """Turns the first SIGINT/SIGTERM into a flag checked between steps; a second one aborts."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old: dict[signal.Signals, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-        logger.warning("stop requested: finishing this step and writing a checkpoint "
-                       "(press Ctrl-C again to abort without saving)")
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopFlag]:
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._old = {}
-        try:
-            yield self
-        finally:
-            for s, h in self._old.items():
-                signal.signal(s, h)
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -214,7 +185,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         optimizer.load_state_dict(payload["optimizer"])
         scaler.load_state_dict(payload["scaler"])
         step = int(payload["step"])
-        _restore_rng(payload, cfg.train.seed, step)
+        checkpoint.restore_rng(payload, cfg.train.seed, step)
         logger.info("resumed '%s' at step %d/%d", ckpt_path, step, total)
 
     main = dist.is_main()
@@ -230,7 +201,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                             preprocessor(parts.norm, parts.image_size), device=device)
 
     def save() -> None:
-        bad = _non_finite_state(method)  # identical on every rank (DDP), so all raise together
+        bad = non_finite_state(method)  # identical on every rank (DDP), so all raise together
         if bad:
             raise NonFiniteParameterError(
                 f"'{bad}' became NaN/inf by step {step}; nothing was saved and the last good "
@@ -259,8 +230,8 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     last_loss, seen, t_window, ips = float("nan"), 0, time.perf_counter(), 0.0
     grad_norm: torch.Tensor | None = None
     run_ips: list[float] = []
-    stop = _StopFlag()
-    with stop.installed(), _closing(bar):
+    stop = StopFlag()
+    with stop.installed(), closing(bar):
         while step < total:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             if done_in_epoch == 0:  # mid-epoch resume: the epoch's state is in the checkpoint
@@ -376,47 +347,6 @@ def _start_epoch(method: Method, optimizer: torch.optim.Optimizer, parts: Parts,
         feats, index = feats.to(device), index.to(device)
     for p in method.on_epoch_start(epoch, feats, index, seed):
         optimizer.state.pop(p, None)
-
-
-@contextlib.contextmanager
-def _closing(bar: Any) -> Iterator[None]:
-    """Close the progress bar however the loop ends, so an error message starts on its own line
-    instead of after the bar's last redraw."""
-    try:
-        yield
-    finally:
-        bar.close()
-
-
-def _non_finite_state(method: Method) -> str | None:
-    """The name of the first floating parameter or buffer of ``method`` holding a NaN/inf, or
-    None. One fused norm per device/dtype; a NaN or inf anywhere makes that norm non-finite."""
-    named = [(k, v) for k, v in method.state_dict().items()
-             if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() > 0]
-    if not named:
-        return None
-    norms = torch.stack([n.float().cpu() for n in torch._foreach_norm([v for _, v in named])])
-    if bool(torch.isfinite(norms).all()):
-        return None
-    return next(k for (k, _), n in zip(named, norms) if not torch.isfinite(n))
-
-
-def _restore_rng(payload: dict[str, Any], seed: int, step: int) -> None:
-    """Give this rank its own saved RNG streams. A checkpoint from another world size (or one
-    written before per-rank states were saved, on rank > 0) re-seeds from seed, rank and step,
-    with a warning: the run goes on reproducibly but not as the uninterrupted one would."""
-    per_rank = payload.get("rng_per_rank")
-    r, world = dist.rank(), dist.world_size()
-    if per_rank is not None and len(per_rank) == world:
-        set_rng_state(per_rank[r])
-    elif world == 1 and (per_rank is None or len(per_rank) == 1):
-        set_rng_state(payload["rng"])
-    else:
-        saved = len(per_rank) if per_rank is not None else "an unknown number of"
-        if dist.is_main():
-            logger.warning("the checkpoint was written by %s processes and this run has %d: "
-                           "random streams re-seeded from seed, rank and step", saved, world)
-        seed_everything(seed + 1_000_003 * (step + 1) + r)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
