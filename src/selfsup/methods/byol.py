@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from selfsup.losses.distillation import byol_loss
 from selfsup.methods.base import Method
@@ -83,6 +83,8 @@ class BYOL(Method):
         "decay_norm_bias": False,
     }
 
+    momentum: Tensor
+
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig) -> None:
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
@@ -100,7 +102,9 @@ class BYOL(Method):
         # (`is_training=True`, batch statistics) returns, never the online network's state.
         self.target_backbone = EMA(backbone, copy_buffers=False)
         self.target_projector = EMA(self.projector, copy_buffers=False)
-        self.momentum = cfg.momentum_base  # tau used by the last on_step_end (for logging)
+        # tau of the last on_step_end, logged by training_step; a buffer so a resumed run logs
+        # what the uninterrupted one does
+        self.register_buffer("momentum", torch.tensor(float(cfg.momentum_base)))
 
     def training_step(self, batch: Batch) -> StepOutput:
         """Symmetric BYOL loss between ``batch.views[0]`` and ``batch.views[1]`` (``[B, C, H, W]``).
@@ -132,6 +136,7 @@ class BYOL(Method):
     def on_step_end(self, step: int, total: int) -> None:
         """``xi <- tau xi + (1 - tau) theta`` for the parameters of backbone and projector
         (sec. 3.1); the target's BN running statistics stay those of its own forward passes."""
-        self.momentum = self.momentum_at(step, total)
-        self.target_backbone.update(self.backbone, self.momentum)
-        self.target_projector.update(self.projector, self.momentum)
+        m = self.momentum_at(step, total)
+        self.momentum.fill_(m)
+        self.target_backbone.update(self.backbone, m)
+        self.target_projector.update(self.projector, m)

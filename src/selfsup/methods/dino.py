@@ -140,6 +140,7 @@ class DINO(Method):
     }
 
     steps_done: Tensor
+    momentum: Tensor
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig) -> None:
         super().__init__(backbone, cfg)
@@ -171,7 +172,9 @@ class DINO(Method):
         _disable_drop_path(self.teacher_backbone)
         self.center = Center(cfg.out_dim, cfg.center_momentum)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
-        self.momentum = cfg.momentum_base  # lambda used by the last on_step_end (for logging)
+        # lambda of the last on_step_end, logged by training_step; a buffer so a resumed run logs
+        # what the uninterrupted one does
+        self.register_buffer("momentum", torch.tensor(float(cfg.momentum_base)))
 
     # ------------------------------------------------------------------ schedules (pure)
 
@@ -278,9 +281,10 @@ class DINO(Method):
     def on_step_end(self, step: int, total: int) -> None:
         """Teacher EMA (sec. 3.1) with ``lambda`` at ``step``, then the center update (eq. 4)
         with the teacher outputs of this step, then advance the step counter."""
-        self.momentum = self.momentum_at(step, total)
-        self.teacher_backbone.update(self.backbone, self.momentum)
-        self.teacher_head.update(self.head, self.momentum)
+        m = self.momentum_at(step, total)
+        self.momentum.fill_(m)
+        self.teacher_backbone.update(self.backbone, m)
+        self.teacher_head.update(self.head, m)
         if not self.cfg.sinkhorn_centering:
             self.center.update()
         self.steps_done.fill_(step + 1)

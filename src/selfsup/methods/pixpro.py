@@ -102,6 +102,8 @@ class PixPro(Method):
         "decay_norm_bias": False,
     }
 
+    momentum: Tensor
+
     def __init__(self, backbone: nn.Module, cfg: PixProConfig) -> None:
         super().__init__(backbone, cfg)
         num_features = self.feature_dim()
@@ -135,7 +137,9 @@ class PixPro(Method):
             self.instance_predictor = mlp([cfg.proj_out_dim, cfg.pred_hidden_dim,
                                            cfg.proj_out_dim])
             self.target_instance_projector = EMA(self.instance_projector, copy_buffers=False)
-        self.momentum = cfg.momentum_base  # m used by the last on_step_end (for logging)
+        # m of the last on_step_end, logged by training_step; a buffer so a resumed run logs
+        # what the uninterrupted one does
+        self.register_buffer("momentum", torch.tensor(float(cfg.momentum_base)))
 
     def _features(self, x: Tensor) -> Tensor:
         out: Tensor = self.backbone.forward_features(x)  # type: ignore[operator]
@@ -199,8 +203,9 @@ class PixPro(Method):
     def on_step_end(self, step: int, total: int) -> None:
         """EMA update of the parameters of the momentum backbone and projector(s) with ``m_k``
         (buffers untouched, as the reference)."""
-        self.momentum = self.momentum_at(step, total)
-        self.target_backbone.update(self.backbone, self.momentum)
-        self.target_projector.update(self.projector, self.momentum)
+        m = self.momentum_at(step, total)
+        self.momentum.fill_(m)
+        self.target_backbone.update(self.backbone, m)
+        self.target_projector.update(self.projector, m)
         if self.target_instance_projector is not None and self.instance_projector is not None:
-            self.target_instance_projector.update(self.instance_projector, self.momentum)
+            self.target_instance_projector.update(self.instance_projector, m)
