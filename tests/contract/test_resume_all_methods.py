@@ -21,7 +21,6 @@ shrink and runs otherwise with its defaults.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ import pytest
 import torch
 
 import selfsup.methods  # noqa: F401  (registers the methods)
+from method_grid import shrunk_args
 from selfsup import registry
 from selfsup.config import BackboneConfig, DataConfig, OptimConfig, RunConfig, TrainConfig
 from selfsup.engine import checkpoint
@@ -56,13 +56,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 def method_args(name: str) -> dict[str, Any]:
-    """``OVERRIDES[name]`` over the generic shrink: int ``*_dim`` fields >= 64 become 16."""
-    cfg = registry.get("method", name).obj.Config
-    args: dict[str, Any] = {
-        f.name: 16 for f in dataclasses.fields(cfg)
-        if f.name.endswith("_dim") and isinstance(f.default, int) and f.default >= 64
-    }
-    return {**args, **OVERRIDES.get(name, {})}
+    return shrunk_args(name, OVERRIDES)
 
 
 def has_epoch_hooks(name: str) -> bool:

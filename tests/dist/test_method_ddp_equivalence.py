@@ -52,6 +52,7 @@ from torch import nn
 
 import selfsup.methods  # noqa: F401  (registers the methods)
 from gloo_harness import run_on_ranks
+from method_grid import shrunk_args
 from selfsup import registry
 from selfsup.methods.base import Method, build_method
 from selfsup.nn.backbones import create_backbone
@@ -107,13 +108,7 @@ METHODS = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])
 
 
 def method_args(name: str) -> dict[str, Any]:
-    """``OVERRIDES[name]`` over the generic shrink: int ``*_dim`` fields >= 64 become 16."""
-    cfg = registry.get("method", name).obj.Config
-    args: dict[str, Any] = {
-        f.name: 16 for f in dataclasses.fields(cfg)
-        if f.name.endswith("_dim") and isinstance(f.default, int) and f.default >= 64
-    }
-    return {**args, **OVERRIDES.get(name, {})}
+    return shrunk_args(name, OVERRIDES)
 
 
 def build(name: str) -> Method:
