@@ -251,3 +251,15 @@ def test_cmc_graph_loss_matches_loop(graph: str) -> None:
     ref = sum(_pair_ref(zs[i], zs[j], 0.2) for i, j in pairs)
     assert out.loss.item() == pytest.approx(ref, rel=1e-5)
     assert len(m.banks) == 0  # in-batch negatives keep no bank
+
+
+def test_unset_normalizing_constant_is_finite_state() -> None:
+    """The "not yet estimated" state is a flag, not a NaN sentinel: the trainer refuses to write
+    checkpoints holding NaN buffers, so an InfoNCE run (which never sets Z) must stay finite."""
+    from selfsup.nn.memory_bank import NormalizingConstant
+
+    z = NormalizingConstant()
+    assert not z.is_set
+    assert all(torch.isfinite(v).all() for v in z.state_dict().values() if v.is_floating_point())
+    z.update(torch.tensor(2.0))
+    assert z.is_set and z.log_z.item() == pytest.approx(2.0)

@@ -155,7 +155,7 @@ class InstDisc(Method):
 
     def contrast(self, v: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         """NCE (or InfoNCE) of features ``v`` ``[B, D]`` against the bank; returns
-        ``(loss, log Z)`` (``log Z`` is NaN for InfoNCE)."""
+        ``(loss, log Z)`` (``log Z`` is unused and left unset for InfoNCE)."""
         pos = self.memory.get(index)  # [B, D]
         noise = self.memory.get(self.memory.sample((self.num_negatives,), v.device))  # [K, D]
         pos_logits, noise_logits = bank_logits(v, pos, noise, self.cfg.temperature)

@@ -150,7 +150,8 @@ class MemoryBank(nn.Module):
 class NormalizingConstant(nn.Module):
     """``log Z`` of NCE's unnormalised softmax ``exp(v . f / t) / Z`` (Wu et al. 2018, eq. 8).
 
-    NaN until the first :meth:`update`, which sets it to that batch's estimate (averaged over
+    Unset (``is_set`` False, ``log_z`` 0) until the first :meth:`update`, which sets it to that
+    batch's estimate (averaged over
     ranks, so every rank holds the same value). Later updates keep it fixed with ``momentum = 0``
     (paper) or move ``Z`` (not ``log Z``) towards the new estimate:
     ``Z <- m Z + (1 - m) Z_batch``.
@@ -163,6 +164,7 @@ class NormalizingConstant(nn.Module):
     """
 
     log_z: Tensor
+    set_: Tensor
 
     def __init__(self, momentum: float = 0.0) -> None:
         super().__init__()
@@ -170,11 +172,13 @@ class NormalizingConstant(nn.Module):
             raise ConfigError(f"NCE normalising constant: momentum must be in [0, 1), got "
                               f"{momentum!r}")
         self.momentum = float(momentum)
-        self.register_buffer("log_z", torch.tensor(float("nan")))
+        # a flag, not a NaN sentinel: the trainer refuses to checkpoint non-finite buffers
+        self.register_buffer("log_z", torch.tensor(0.0))
+        self.register_buffer("set_", torch.tensor(False))
 
     @property
     def is_set(self) -> bool:
-        return not bool(torch.isnan(self.log_z))
+        return bool(self.set_)
 
     @torch.no_grad()
     def update(self, batch_log_z: Tensor) -> Tensor:
@@ -187,6 +191,7 @@ class NormalizingConstant(nn.Module):
         est = dist.all_reduce_mean(batch_log_z.detach().to(self.log_z).reshape(()).clone())
         if not self.is_set:
             self.log_z.copy_(est)
+            self.set_.fill_(True)
         else:
             m = self.momentum
             new = torch.logaddexp(self.log_z + math.log(m), est + math.log1p(-m))
