@@ -9,7 +9,7 @@ loop shared by every lightly row (``lightly_simclr.py`` and ``lightly_methods.py
   examples), its loss, backward, ``after_backward`` (e.g. DINO's frozen last layer), optional
   gradient clipping, the optimiser step; throughput windows as selfsup's trainer counts them.
 * Optimiser (:func:`make_optimizer`): the selfsup method's resolved optimiser (LARS from
-  ``lightly.utils.lars``, SGD or AdamW from torch) with lightly's weight-decay groups
+  ``lightly.utils.lars``, SGD, Adam or AdamW from torch) with lightly's weight-decay groups
   (``get_weight_decay_parameters``: no decay for biases and norms).
 * Augmentation values (:func:`lightly_view_kwargs`): selfsup's view preset group turned into the
   keyword arguments of lightly's transforms (same crop scale, flip, jitter, grayscale, blur with
@@ -139,6 +139,8 @@ def make_optimizer(s: Setting, modules: Iterable[nn.Module],
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum or 0.0)
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=o.betas or (0.9, 0.999))
+    if o.name == "adam":  # L2-coupled, as lightly's CIFAR-10 SwAV
+        return torch.optim.Adam(groups, lr=lr, betas=o.betas or (0.9, 0.999))
     raise ValueError(f"no lightly-side optimiser for optim.name={o.name!r}")
 
 

@@ -224,14 +224,19 @@ def build_dino(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
     from lightly.transforms import DINOTransform
 
     cfg, size = s.config(), int(x.shape[1])
-    g1, g2, loc = s.views(size)
+    groups = s.views(size)
+    g1, g2 = groups[:2]
+    loc = groups[2] if len(groups) > 2 else None  # the small recipe: two global crops only
     kw = lightly_view_kwargs(g1)
+    local: dict[str, Any] = {"n_local_views": 0}
+    if loc is not None:
+        local = {"local_crop_size": loc.size, "local_crop_scale": loc.scale,
+                 "n_local_views": loc.n}
     transform = DINOTransform(
-        global_crop_size=size, global_crop_scale=g1.scale, local_crop_size=loc.size,
-        local_crop_scale=loc.scale, n_local_views=loc.n, hf_prob=g1.hflip_p,
+        global_crop_size=size, global_crop_scale=g1.scale, **local, hf_prob=g1.hflip_p,
         cj_prob=g1.jitter_p, cj_strength=1.0, cj_bright=g1.brightness, cj_contrast=g1.contrast,
         cj_sat=g1.saturation, cj_hue=g1.hue, random_gray_scale=g1.grayscale_p,
-        gaussian_blur=(g1.blur_p, g2.blur_p, loc.blur_p), sigmas=kw["sigmas"],
+        gaussian_blur=(g1.blur_p, g2.blur_p, loc.blur_p if loc else 0.0), sigmas=kw["sigmas"],
         solarization_prob=g2.solarize_p, normalize=normalize_arg(norm))
     bb, nf = _backbone(s, x)
 
@@ -258,9 +263,7 @@ def build_dino(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
         student = [head(bb(v).flatten(start_dim=1)) for v in views]
         return criterion(teacher, student, epoch=epoch)
 
-    notes = ["one backbone pass per crop (selfsup: one per crop size, so BN statistics differ)",
-             "frozen last layer: lightly drops its gradient, selfsup zeroes it (AdamW step "
-             "counter)"]
+    notes = []
     if cfg.head_layers != 3 or cfg.koleo_weight or not (cfg.centering and cfg.sharpening):
         notes.append("head_layers/koleo/centering/sharpening options have no lightly form")
     if cfg.warmup_teacher_temp_epochs % 1:
@@ -279,12 +282,13 @@ def build_swav(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
     from lightly.transforms import SwaVTransform
 
     cfg, size = s.config(), int(x.shape[1])
-    high, low = s.views(size)
+    groups = s.views(size)
+    high = groups[0]  # the small recipe has no low-resolution group
     kw = lightly_view_kwargs(high)
     transform = SwaVTransform(
-        crop_sizes=(high.size, low.size), crop_counts=(high.n, low.n),
-        crop_min_scales=(high.scale[0], low.scale[0]),
-        crop_max_scales=(high.scale[1], low.scale[1]), hf_prob=high.hflip_p,
+        crop_sizes=tuple(g.size for g in groups), crop_counts=tuple(g.n for g in groups),
+        crop_min_scales=tuple(g.scale[0] for g in groups),
+        crop_max_scales=tuple(g.scale[1] for g in groups), hf_prob=high.hflip_p,
         cj_prob=high.jitter_p, cj_strength=1.0, cj_bright=high.brightness,
         cj_contrast=high.contrast, cj_sat=high.saturation, cj_hue=high.hue,
         random_gray_scale=high.grayscale_p, gaussian_blur=high.blur_p, sigmas=kw["sigmas"],
@@ -304,7 +308,7 @@ def build_swav(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
                for v in views]
         return criterion(out[: high.n], out[high.n:])
 
-    notes = ["one backbone pass per crop (selfsup: one per crop size)"]
+    notes = []
     if cfg.queue_length and cfg.epoch_queue_starts < s.epochs:
         notes.append("no feature queue on the lightly side (selfsup's starts at epoch "
                      f"{cfg.epoch_queue_starts})")

@@ -26,6 +26,7 @@ from common import Setting
 from selfsup import registry
 from selfsup.config import OptimConfig, ViewConfig, from_dict, to_dict
 from selfsup.data.views import get_preset
+from selfsup.engine import recipes
 from selfsup.engine.optim import resolve, scaled_lr
 
 # Documented small-image / CPU head sizes (docs/methods/negative_free.md); everything else is the
@@ -71,26 +72,37 @@ class MethodSetting(Setting):
 
     method: str = "simclr"
     method_args: dict[str, Any] = field(default_factory=dict)  # overrides of the paper Config
+    recipe: str = "paper"  # paper | small (`selfsup list recipes`); both rows read it
+
+    def small(self) -> Any:
+        """The method's small recipe when ``recipe`` is ``small``, else ``None`` (raises
+        ConfigError for ``small`` on a method without one)."""
+        return recipes.choose(self.method, self.recipe, 0)[1]
 
     def config(self) -> Any:
-        """The method's resolved Config dataclass (paper defaults + ``method_args``)."""
-        return from_dict(method_class(self.method).Config, dict(self.method_args),
-                         where="method_args")
+        """The method's resolved Config dataclass (paper defaults < recipe < ``method_args``)."""
+        r = self.small()
+        args = {**(r.method_args if r else {}), **self.method_args}
+        return from_dict(method_class(self.method).Config, args, where="method_args")
 
     def optim(self) -> OptimConfig:
-        """The method's resolved optimiser settings (its ``default_optim``)."""
-        return resolve(OptimConfig(), method_class(self.method).default_optim)
+        """The method's resolved optimiser settings (its ``default_optim``, under the recipe's)."""
+        r = self.small()
+        return resolve(OptimConfig(**(r.optim if r else {})),
+                       method_class(self.method).default_optim)
 
     def peak_lr(self) -> float:
         return scaled_lr(self.optim(), self.batch_size)
 
     @property
     def views_name(self) -> str:
-        return str(method_class(self.method).default_views)
+        r = self.small()
+        return str(r.views if r and r.views else method_class(self.method).default_views)
 
     def views(self, image_size: int) -> list[ViewConfig]:
-        """The method's default view preset at ``image_size``."""
-        return get_preset(self.views_name, image_size)
+        """The method's view preset at ``image_size`` (with the recipe's view arguments)."""
+        r = self.small()
+        return get_preset(self.views_name, image_size, **(r.view_args if r else {}))
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -102,6 +114,7 @@ class MethodSetting(Setting):
                            "lr_scaling": o.lr_scaling, "base_lr": o.lr})
         d["method_config"] = to_dict(self.config())
         d["views"] = self.views_name
+        d["recipe"] = self.recipe
         return d
 
 
@@ -121,6 +134,9 @@ def parse_value(text: str) -> Any:
 def add_method_args(p: argparse.ArgumentParser) -> None:
     """Options of the per-method row scripts (on top of :func:`common.add_setting_args`)."""
     p.add_argument("--method", required=True, help="registered selfsup method name")
+    p.add_argument("--recipe", choices=("paper", "small"), default="paper",
+                   help="the method's paper defaults or its small-image recipe (heads, "
+                   "optimiser, views; the documented CPU head sizes are then not applied)")
     p.add_argument("--paper-heads", action="store_true",
                    help="paper head sizes even where selfsup documents a CPU scaling")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -128,10 +144,11 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 def method_args_for(method: str, paper_heads: bool = False,
-                    sets: list[str] | None = None) -> dict[str, Any]:
-    """The overrides a row applies: documented CPU head sizes (unless ``paper_heads``) and
-    ``KEY=VALUE`` strings."""
-    args = {} if paper_heads else dict(CPU_OVERRIDES.get(method, {}))
+                    sets: list[str] | None = None, recipe: str = "paper") -> dict[str, Any]:
+    """The overrides a row applies: documented CPU head sizes (unless ``paper_heads``, or a small
+    recipe, which sets its own heads) and ``KEY=VALUE`` strings."""
+    own_heads = recipe == "small" and recipes.small_recipe(method) is not None
+    args = {} if paper_heads or own_heads else dict(CPU_OVERRIDES.get(method, {}))
     for kv in sets or []:
         key, sep, value = kv.partition("=")
         if not sep:
@@ -145,5 +162,6 @@ def setting_from(a: argparse.Namespace) -> MethodSetting:
     base = common.setting_from(a)
     method_class(a.method)  # fail early on an unknown name
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    return MethodSetting(**fields, method=a.method,
-                         method_args=method_args_for(a.method, a.paper_heads, a.sets))
+    recipe = getattr(a, "recipe", "paper")
+    return MethodSetting(**fields, method=a.method, recipe=recipe,
+                         method_args=method_args_for(a.method, a.paper_heads, a.sets, recipe))

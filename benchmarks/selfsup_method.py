@@ -33,11 +33,13 @@ from selfsup.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
 
 
 def run_config(s: Setting, out: str) -> RunConfig:
-    """The RunConfig of a setting: the method's paper defaults, CPU, fp32, no progress bar.
+    """The RunConfig of a setting: the method's paper defaults (or its small recipe, with
+    ``--recipe small``), CPU, fp32, no progress bar.
 
     A plain :class:`common.Setting` is SimCLR with the setting's temperature and projector."""
+    recipe = "paper"
     if isinstance(s, MethodSetting):
-        method, method_args = s.method, dict(s.method_args)
+        method, method_args, recipe = s.method, dict(s.method_args), s.recipe
     else:
         method = "simclr"
         method_args = {"temperature": s.temperature, "proj_hidden_dim": s.proj_hidden_dim,
@@ -46,6 +48,7 @@ def run_config(s: Setting, out: str) -> RunConfig:
     cifar_stem = kwargs.pop("cifar_stem", None)  # a BackboneConfig field of its own
     return RunConfig(
         method=method,
+        recipe=recipe,  # pinned: `auto` would pick the small recipe on these 28/32-px sets
         method_args=method_args,
         backbone=BackboneConfig(name=s.backbone, cifar_stem=cifar_stem, kwargs=kwargs),
         data=DataConfig(path=str(s.path), limit=s.limit),

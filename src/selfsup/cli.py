@@ -122,7 +122,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_recipes(args: argparse.Namespace) -> int:
+    from selfsup.config import SMALL_IMAGE_MAX
+    from selfsup.engine.recipes import table
+
+    rows = table()
+    width = max(len(r["method"]) for r in rows)
+    lines = [f"auto (default): small for images <= {SMALL_IMAGE_MAX} px where marked 'auto: "
+             "small', else paper. Set with --recipe small|paper; values you set always win."]
+    for r in rows:
+        small = r["small"]
+        if small is None:
+            lines.append(f"{r['method']:<{width}}  paper only")
+            continue
+        o = small["optim"]
+        lines.append(f"{r['method']:<{width}}  auto: {r['auto']:<5}  paper | small: {o.get('name')} lr {o.get('lr')} "
+                     f"({o.get('lr_scaling')}), wd {o.get('weight_decay')}; "
+                     f"{', '.join(f'{k}={v}' for k, v in small['method_args'].items())}"
+                     f"  [{r['small_source']}]")
+    _emit(args, {"recipes": rows}, "\n".join(lines))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "recipes":
+        return _list_recipes(args)
     kind = {"methods": "method", "backbones": "backbone", "presets": "preset",
             "datasets": "dataset"}[args.what]
     items = [{"name": e.name, "description": e.description, "reference": e.reference}
@@ -198,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.set_defaults(func=cmd_export)
 
-    ls = sub.add_parser("list", help="list registered methods, backbones, presets or datasets")
-    ls.add_argument("what", choices=["methods", "backbones", "presets", "datasets"])
+    ls = sub.add_parser("list", help="list registered methods, backbones, presets, datasets "
+                        "or recipes")
+    ls.add_argument("what", choices=["methods", "backbones", "presets", "datasets", "recipes"])
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(func=cmd_list)
 

@@ -125,11 +125,39 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard event files
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A method's published settings for one data scale, applied under the user's choices.
+
+    ``RunConfig.recipe`` picks one: ``paper`` is the method's own defaults (its ``Config``,
+    ``default_optim`` and ``default_views``, the paper's ImageNet recipe); ``small`` is the
+    method's ``small_recipe``, taken from an anchor library's small-image (CIFAR-10) benchmark and
+    applied where the user left a value unset; ``auto`` picks it for images up to
+    :data:`SMALL_IMAGE_MAX` px unless ``auto`` is False. Precedence: user > recipe > paper.
+    """
+
+    source: str  # where the numbers come from (repository, file, model class)
+    optim: dict[str, Any] = field(default_factory=dict)  # OptimConfig fields
+    method_args: dict[str, Any] = field(default_factory=dict)  # the method's Config fields
+    views: str | None = None  # view preset; None keeps the method's default preset
+    view_args: dict[str, Any] = field(default_factory=dict)  # ViewConfig fields, every group
+    note: str = ""  # what could not be matched, or why a value differs from the source
+    auto: bool = True  # `recipe: auto` picks it for small images; False: only on request
+    # (`--recipe small`), where a measurement found the paper recipe better (said in `note`)
+
+
+RECIPES = ("auto", "small", "paper")
+SMALL_IMAGE_MAX = 64  # auto picks the small recipe up to this side (as BackboneConfig.cifar_stem)
+
+
 @dataclass
 class RunConfig:
     """Everything needed to reproduce a pretraining run."""
 
     method: str = "simclr"
+    recipe: str = "auto"  # auto (small for images <= 64 px where the method's small recipe is
+    # marked for it, else paper) | small | paper; the saved config holds the resolved name
+    # (`selfsup list recipes`)
     method_args: dict[str, Any] = field(default_factory=dict)  # overrides of the method's Config
     views: str | None = None  # view preset name; None = the method's default preset
     view_args: dict[str, Any] = field(default_factory=dict)  # overrides applied to every group

@@ -57,7 +57,7 @@ def _held_out_report(tmp_path: Path, name: str, method: str, lr: float,
                      **method_args: Any) -> dict[str, Any]:
     """Train ``method`` briefly on digits; collapse report of the test split's projections."""
     cfg = RunConfig(
-        method=method, method_args=method_args,
+        method=method, recipe="paper", method_args=method_args,  # the papers' safeguard claims
         backbone=BackboneConfig(name="small_cnn", kwargs={"width": 8}),
         data=DataConfig(path="digits", image_size=8),
         train=TrainConfig(steps=STEPS, batch_size=64, out=str(tmp_path / name), progress=False,
@@ -121,7 +121,7 @@ def _dino_teacher_entropies(tmp_path: Path, name: str, **method_args: Any) -> di
     uses it (centred if centering is on, at the teacher temperature), and the gap the same
     marginal has as a constant output (every image given the mean target)."""
     cfg = RunConfig(
-        method="dino", method_args=method_args,
+        method="dino", recipe="paper", method_args=method_args,
         backbone=BackboneConfig(name="small_cnn", kwargs={"width": 8}),
         data=DataConfig(path="digits", image_size=8),
         train=TrainConfig(steps=DINO_STEPS, batch_size=64, out=str(tmp_path / name),

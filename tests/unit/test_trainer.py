@@ -40,8 +40,9 @@ def test_run_folder_contents(tiny_run) -> None:
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all({"loss", "lr", "images_per_s"} <= set(r) for r in recs)
     cfg = load_yaml(res.run_dir / "config.yaml")
-    assert cfg.optim.name == "lars" and cfg.views == "simclr"  # resolved paper defaults
-    assert cfg.data.mean is not None and cfg.method_args["temperature"] == 0.5
+    # 8-px digits: `recipe: auto` resolved to SimCLR's small-image recipe and saved by name
+    assert cfg.recipe == "small" and cfg.optim.name == "sgd" and cfg.views == "simclr"
+    assert cfg.data.mean is not None and cfg.method_args["proj_hidden_dim"] == 512
     header = (res.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "epoch"]
 

@@ -1,4 +1,4 @@
-"""Optimisers (SGD, AdamW, LARS), weight-decay groups and the resolved optimisation settings.
+"""Optimisers (SGD, Adam, AdamW, LARS), weight-decay groups and the resolved optimisation settings.
 
 Weight decay groups follow each method's reference code (``optim.decay_norm_bias``): by default it
 is applied only to weights with ``p.dim() >= 2`` (conv and linear kernels) and biases and
@@ -20,7 +20,7 @@ from selfsup.config import OptimConfig, from_dict, to_dict
 from selfsup.types import ConfigError
 from selfsup.utils.schedules import cosine
 
-OPTIMIZERS = ("sgd", "adamw", "lars")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 SCALINGS = ("linear", "sqrt", "none")
 
 # Used where neither the user nor the method's paper sets a value.
@@ -173,11 +173,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
         for g in groups:
             g.pop("lars")
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    if cfg.name == "adamw":
+    if cfg.name in ("adam", "adamw"):
         for g in groups:
             g.pop("lars")
         betas = cfg.betas or (0.9, 0.999)
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        if cfg.name == "adam":  # L2 weight decay added to the gradient (lightly's SwAV on CIFAR)
+            return torch.optim.Adam(groups, lr=lr, betas=betas)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)  # decoupled (Loshchilov & Hutter)
     return LARS(groups, lr=lr, momentum=cfg.momentum)
 
 

@@ -17,7 +17,7 @@ from selfsup.data.datasets import ImageDataset
 from selfsup.data.splits import from_config
 from selfsup.data.stats import Normalization, compute_normalization
 from selfsup.data.views import MultiView, eval_transform, get_preset
-from selfsup.engine import checkpoint
+from selfsup.engine import checkpoint, recipes
 from selfsup.methods.base import Method, build_method
 from selfsup.nn.backbones import create_backbone
 from selfsup.types import CheckpointError, DataError
@@ -103,8 +103,9 @@ def normalization_from(cfg: RunConfig, ds: ImageDataset) -> Normalization:
 def build_parts(cfg: RunConfig) -> Parts:
     """Open the data, compute the normalisation, build backbone, method and views.
 
-    The returned ``cfg`` has the view preset, image size and normalisation filled in, so saving it
-    reproduces the run exactly.
+    The returned ``cfg`` has the recipe resolved (:mod:`selfsup.engine.recipes`: its values
+    filled in where the user left them unset), the view preset, image size and normalisation
+    filled in, so saving it reproduces the run exactly.
     """
     registry.get("method", cfg.method)  # fail on an unknown method before touching the data
     registry.get("backbone", cfg.backbone.name)
@@ -112,6 +113,8 @@ def build_parts(cfg: RunConfig) -> Parts:
     if len(train) == 0:
         raise DataError(f"dataset '{cfg.data.path}' has no images")
     size = image_size_of(cfg, train)
+    recipe_name, recipe = recipes.choose(cfg.method, cfg.recipe, size)
+    cfg = replace(recipes.apply(cfg, recipe), recipe=recipe_name)
     norm = normalization_from(cfg, train)
     method_args = dict(cfg.method_args)
     method_cls = registry.get("method", cfg.method).obj

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.config import RunConfig, from_dict, replace, save_yaml, to_dict
 from selfsup.data.datasets import make_loader
-from selfsup.engine import checkpoint
+from selfsup.engine import checkpoint, recipes
 from selfsup.engine.guards import StopFlag, closing, non_finite_state
 from selfsup.engine.optim import (
     build_optimizer,
@@ -189,6 +189,9 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         logger.info("resumed '%s' at step %d/%d", ckpt_path, step, total)
 
     main = dist.is_main()
+    if main:
+        recipe_name, recipe = recipes.choose(cfg.method, cfg.recipe, parts.image_size)
+        logger.info("%s", recipes.describe(cfg.method, recipe_name, recipe, parts.image_size))
     writer = MetricsWriter(out, tensorboard=cfg.train.tensorboard) if main else None
     if main:
         out.mkdir(parents=True, exist_ok=True)

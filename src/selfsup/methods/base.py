@@ -14,8 +14,26 @@ from typing import Any, ClassVar, cast
 from torch import Tensor, nn
 
 from selfsup import registry
-from selfsup.config import from_dict
+from selfsup.config import Recipe, from_dict
 from selfsup.types import Batch, ConfigError, StepOutput
+
+# lightly's CIFAR-10 benchmark (lightly-ai/lightly
+# docs/source/getting_started/benchmarks/cifar10_benchmark.py, `batch_size = 128`,
+# `lr_factor = batch_size / 128`): the optimiser most of its models share, `torch.optim.SGD(
+# self.parameters(), lr=6e-2 * lr_factor, momentum=0.9, weight_decay=5e-4)` with
+# `CosineAnnealingLR` over the run and no warm-up. 0.06 x B / 128 = 0.12 x B / 256; weight decay on
+# every parameter, as `self.parameters()` passes them whole.
+LIGHTLY_CIFAR10_SOURCE = ("lightly-ai/lightly docs/source/getting_started/benchmarks/"
+                          "cifar10_benchmark.py")
+LIGHTLY_CIFAR10_SGD: dict[str, Any] = {
+    "name": "sgd", "lr": 0.12, "lr_scaling": "linear", "momentum": 0.9, "weight_decay": 5e-4,
+    "decay_norm_bias": True, "warmup_epochs": 0, "min_lr_ratio": 0.0, "clip_grad": 0.0,
+}
+# Its `SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)`: colour jitter
+# (0.8, 0.8, 0.8, 0.2) x 0.5 with p 0.8, grayscale 0.2, no blur (crop 0.08-1 and flip as SimCLR's).
+LIGHTLY_CIFAR10_COLOR: dict[str, Any] = {
+    "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "blur_p": 0.0,
+}
 
 
 class Method(nn.Module):
@@ -25,11 +43,14 @@ class Method(nn.Module):
         Config: the method's ``@dataclass`` of hyper-parameters (paper defaults).
         default_views: name of the view preset the paper uses (`selfsup list presets`).
         default_optim: the paper's optimiser settings, keys of :class:`selfsup.config.OptimConfig`.
+        small_recipe: the small-image settings of an anchor's CIFAR-10 benchmark, or ``None``
+            when no published small-image recipe is followed (`selfsup list recipes`).
     """
 
     Config: ClassVar[type] = object
     default_views: ClassVar[str] = "simclr"
     default_optim: ClassVar[dict[str, Any]] = {}
+    small_recipe: ClassVar[Recipe | None] = None
 
     def __init__(self, backbone: nn.Module, cfg: Any) -> None:
         super().__init__()

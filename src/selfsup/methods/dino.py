@@ -45,8 +45,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from selfsup.config import Recipe
 from selfsup.losses.dino import dino_cross_entropy, koleo_loss, teacher_entropies, teacher_probs
-from selfsup.methods.base import Method
+from selfsup.methods.base import LIGHTLY_CIFAR10_SGD, LIGHTLY_CIFAR10_SOURCE, Method
 from selfsup.nn.center import Center
 from selfsup.nn.ema import EMA
 from selfsup.nn.heads import DINOHead
@@ -138,6 +139,19 @@ class DINO(Method):
         "clip_mode": "per_param",
         "decay_norm_bias": False,
     }
+    # lightly's CIFAR-10 benchmark, DINOModel: DINOProjectionHead(512, 2048, 256, 2048,
+    # batch_norm=True) with "only 2 layers for cifar10" (512-2048 BN GELU-256), no last-layer
+    # freeze, update_momentum(m=0.99) every step, DINOLoss(output_dim=2048) (teacher t 0.04),
+    # its shared SGD (no clipping), DINOTransform(global_crop_size=32, n_local_views=0,
+    # cj_strength=0.5, no blur): two global crops at scale 0.4-1 with BYOL's colour, the second
+    # solarised with p 0.2 (= the byol preset at that scale)
+    small_recipe: ClassVar[Recipe | None] = Recipe(
+        source=f"{LIGHTLY_CIFAR10_SOURCE} DINOModel", optim=dict(LIGHTLY_CIFAR10_SGD),
+        method_args={"out_dim": 2048, "hidden_dim": 2048, "bottleneck_dim": 256,
+                     "head_layers": 2, "use_bn_in_head": True, "freeze_last_layer": 0.0,
+                     "momentum_base": 0.99, "momentum_end": 0.99, "teacher_temp": 0.04,
+                     "warmup_teacher_temp": 0.04},
+        views="byol", view_args={"scale": (0.4, 1.0), "blur_p": 0.0})
 
     steps_done: Tensor
     momentum: Tensor

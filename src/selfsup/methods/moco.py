@@ -34,8 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.config import Recipe
 from selfsup.losses.contrastive import info_nce
-from selfsup.methods.base import Method
+from selfsup.methods.base import (
+    LIGHTLY_CIFAR10_COLOR,
+    LIGHTLY_CIFAR10_SGD,
+    LIGHTLY_CIFAR10_SOURCE,
+    Method,
+)
 from selfsup.nn.ema import EMA
 from selfsup.nn.heads import mlp
 from selfsup.nn.queue import Queue
@@ -223,3 +229,11 @@ class MoCoV2(_MoCo):
     Config: ClassVar[type] = MoCoV2Config
     default_views: ClassVar[str] = "moco_v2"  # v2 sec. 2: + blur, jitter p 0.8 (--aug-plus)
     default_optim: ClassVar[dict[str, Any]] = dict(_SGD)
+    # lightly's CIFAR-10 benchmark, MocoModel: MoCoProjectionHead(512, 512, 128) (an MLP head),
+    # NTXentLoss(temperature=0.1, memory_bank_size=4096), update_momentum(m=0.99), the symmetric
+    # loss of the MoCo CIFAR demo, its shared SGD, SimCLRTransform(cj_strength=0.5, no blur)
+    small_recipe: ClassVar[Recipe | None] = Recipe(
+        source=f"{LIGHTLY_CIFAR10_SOURCE} MocoModel", optim=dict(LIGHTLY_CIFAR10_SGD),
+        method_args={"proj_hidden_dim": 512, "proj_dim": 128, "temperature": 0.1,
+                     "queue_size": 4096, "momentum": 0.99, "symmetric": True},
+        views="simclr", view_args=dict(LIGHTLY_CIFAR10_COLOR))

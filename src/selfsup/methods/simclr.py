@@ -24,8 +24,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from selfsup.config import Recipe
 from selfsup.losses.contrastive import NTXentLoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import (
+    LIGHTLY_CIFAR10_COLOR,
+    LIGHTLY_CIFAR10_SGD,
+    LIGHTLY_CIFAR10_SOURCE,
+    Method,
+)
 from selfsup.nn.heads import mlp
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
@@ -80,6 +86,12 @@ class SimCLR(Method):
         "min_lr_ratio": 0.0,
         "decay_norm_bias": False,  # lars_optimizer exclude_from_weight_decay: BN, bias
     }
+    # lightly's CIFAR-10 benchmark, SimCLRModel: SimCLRProjectionHead(512, 512, 128),
+    # NTXentLoss() (t = 0.5), its shared SGD and SimCLRTransform(cj_strength=0.5, no blur)
+    small_recipe: ClassVar[Recipe | None] = Recipe(
+        source=f"{LIGHTLY_CIFAR10_SOURCE} SimCLRModel", optim=dict(LIGHTLY_CIFAR10_SGD),
+        method_args={"proj_hidden_dim": 512, "proj_out_dim": 128, "temperature": 0.5},
+        view_args=dict(LIGHTLY_CIFAR10_COLOR))
 
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig) -> None:
         super().__init__(backbone, cfg)

@@ -19,8 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from selfsup.config import Recipe
 from selfsup.losses.contrastive import NTXentLoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import (
+    LIGHTLY_CIFAR10_COLOR,
+    LIGHTLY_CIFAR10_SGD,
+    LIGHTLY_CIFAR10_SOURCE,
+    Method,
+)
 from selfsup.nn.heads import mlp
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
@@ -99,6 +105,15 @@ class SimCLRv2(Method):
         "min_lr_ratio": 0.0,
         "decay_norm_bias": False,  # LARS exclude_from_weight_decay: batch_normalization, bias
     }
+    # lightly's CIFAR-10 benchmark has no SimCLR v2 model: its SimCLRModel's settings (SGD,
+    # 512-wide head, t = 0.5, jitter strength 0.5, no blur) with v2's 3-layer projector kept
+    small_recipe: ClassVar[Recipe | None] = Recipe(
+        source=f"{LIGHTLY_CIFAR10_SOURCE} SimCLRModel", optim=dict(LIGHTLY_CIFAR10_SGD),
+        method_args={"proj_hidden_dim": 512, "proj_out_dim": 128, "temperature": 0.5},
+        view_args=dict(LIGHTLY_CIFAR10_COLOR),
+        note="SimCLR's small recipe with SimCLR v2's 3-layer projector (lightly publishes no "
+        "CIFAR-10 SimCLR v2 setting); kNN 91.92 vs the paper recipe's 92.20 (digits 16 px, small CNN, 150 steps of batch 128, one run)",
+        auto=False)
 
     def __init__(self, backbone: nn.Module, cfg: SimCLRv2Config) -> None:
         super().__init__(backbone, cfg)

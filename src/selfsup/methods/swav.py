@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.config import Recipe
 from selfsup.losses.clustering import swapped_prediction_loss
-from selfsup.methods.base import Method
+from selfsup.methods.base import LIGHTLY_CIFAR10_COLOR, LIGHTLY_CIFAR10_SOURCE, Method
 from selfsup.nn.heads import mlp
 from selfsup.nn.multicrop import CROP_PASSES, encode_by_resolution
 from selfsup.nn.prototypes import Prototypes
@@ -101,6 +102,18 @@ class SwAV(Method):
         "min_lr_ratio": 0.001,
         "decay_norm_bias": True,
     }
+    # lightly's CIFAR-10 benchmark, SwaVModel: SwaVProjectionHead(512, 512, 128), 512
+    # prototypes, never frozen, no queue; Adam lr 1e-3 x B / 128 (= 2e-3 x B / 256), weight decay
+    # 1e-6 (L2, every parameter), cosine, no warm-up; SwaVTransform(crop_sizes=[32],
+    # crop_counts=[2], crop_min_scales=[0.14], cj_strength=0.5, gaussian_blur=0): two crops only
+    small_recipe: ClassVar[Recipe | None] = Recipe(
+        source=f"{LIGHTLY_CIFAR10_SOURCE} SwaVModel",
+        optim={"name": "adam", "lr": 2e-3, "lr_scaling": "linear", "weight_decay": 1e-6,
+               "betas": (0.9, 0.999), "decay_norm_bias": True, "warmup_epochs": 0,
+               "min_lr_ratio": 0.0, "clip_grad": 0.0},
+        method_args={"proj_hidden_dim": 512, "proj_out_dim": 128, "num_prototypes": 512,
+                     "queue_length": 0, "freeze_prototypes_epochs": 0.0},
+        views="simclr", view_args={**LIGHTLY_CIFAR10_COLOR, "scale": (0.14, 1.0)})
 
     queue: Tensor
     queue_filled: Tensor
