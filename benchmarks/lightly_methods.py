@@ -241,10 +241,17 @@ def build_dino(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
     bb, nf = _backbone(s, x)
 
     def make_head() -> DINOProjectionHead:
-        return DINOProjectionHead(nf, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
+        head = DINOProjectionHead(nf, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
                                   batch_norm=cfg.use_bn_in_head,
                                   freeze_last_layer=math.ceil(cfg.freeze_last_layer),
                                   norm_last_layer=cfg.norm_last_layer)
+        if cfg.head_layers == 2:  # lightly's CIFAR-10 benchmark: "use only 2 layers for cifar10"
+            from lightly.models.modules.heads import ProjectionHead
+
+            bn = nn.BatchNorm1d(cfg.hidden_dim) if cfg.use_bn_in_head else None
+            head.layers = ProjectionHead([(nf, cfg.hidden_dim, bn, nn.GELU()),
+                                          (cfg.hidden_dim, cfg.bottleneck_dim, None, None)]).layers
+        return head
 
     head, teacher_head = make_head(), make_head()  # weight_norm modules cannot be deep-copied
     teacher_head.load_state_dict(head.state_dict())  # the teacher starts as the student
@@ -264,7 +271,7 @@ def build_dino(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
         return criterion(teacher, student, epoch=epoch)
 
     notes = []
-    if cfg.head_layers != 3 or cfg.koleo_weight or not (cfg.centering and cfg.sharpening):
+    if cfg.head_layers not in (2, 3) or cfg.koleo_weight or not (cfg.centering and cfg.sharpening):
         notes.append("head_layers/koleo/centering/sharpening options have no lightly form")
     if cfg.warmup_teacher_temp_epochs % 1:
         notes.append("lightly's teacher temperature warm-up is per epoch (selfsup per step)")

@@ -68,8 +68,10 @@ def build(s: Setting, x: np.ndarray,
 
     norm = common.normalization(common.train_data(s))
     size = int(x.shape[1])
-    # selfsup's simclr preset at <= 64 px: no blur (SimCLR's CIFAR-10 recipe)
-    view = ViewConfig(size=size, blur_p=0.0)
+    # a per-method row: the method's (recipe's) view group; the SimCLR table: selfsup's simclr
+    # preset at <= 64 px (no blur, SimCLR's CIFAR-10 recipe)
+    views = getattr(s, "views", None)
+    view = views(size)[0] if callable(views) else ViewConfig(size=size, blur_p=0.0)
     transform = SimCLRTransform(input_size=size, **lightly_view_kwargs(view),
                                 normalize=normalize_arg(norm))
     torch.manual_seed(s.seed)
