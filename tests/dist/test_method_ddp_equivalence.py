@@ -93,8 +93,6 @@ PER_RANK: dict[str, dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]] = {
 # Known departures found by this grid (issue 10, item 12), left failing on purpose (strict: the
 # mark must go when the method is fixed); a newly registered method is covered by default.
 KNOWN: dict[str, str] = {
-    "invaspread": "the batch criterion uses each rank's local 2B-1 others, not the global batch "
-                  "(step-0 loss 2.92 on 2 ranks vs 3.70 on one process)",
     "instdisc": "step-0 loss differs from one process (NCE normalisation or bank lookup per "
                 "rank; not diagnosed)",
     "cmc": "gradients differ by up to 1.1e-2 (allowed 5e-3): NCE normalisation per rank, "

@@ -36,6 +36,7 @@ from selfsup.methods.base import Method
 from selfsup.nn.heads import mlp
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
+from selfsup.utils import dist
 
 
 @dataclass
@@ -117,7 +118,13 @@ class InvaSpread(Method):
             )
         b = x1.shape[0]
         f = F.normalize(self.head(self.backbone(torch.cat([x1, x2]))), dim=1)  # [2B, D]
-        f1, f2 = f[:b], f[b:]
+        local = f[:b].detach()
+        # Under DDP the criterion runs over the global batch: every rank gathers all ranks'
+        # embeddings (gradients flow back to their own rank, utils.dist.all_gather_grad) and
+        # computes the same loss, so 2 ranks of B equal one process of 2B. The official code is
+        # single-GPU (one BatchCriterion over the whole batch); per-rank criteria would shrink
+        # each denominator to the local 2B - 1 others.
+        f1, f2 = dist.all_gather_grad(f[:b]), dist.all_gather_grad(f[b:])
         t = self.cfg.temperature
         if self.cfg.loss == "batch":
             loss = invaspread_batch_loss(f1, f2, t)
@@ -125,4 +132,4 @@ class InvaSpread(Method):
             loss = invaspread_loss(f1, f2, t)
             if self.cfg.symmetric:
                 loss = 0.5 * (loss + invaspread_loss(f2, f1, t))
-        return StepOutput(loss=loss, logs={}, embeddings=f1.detach())
+        return StepOutput(loss=loss, logs={}, embeddings=local)
