@@ -136,8 +136,9 @@ def _list_recipes(args: argparse.Namespace) -> int:
             lines.append(f"{r['method']:<{width}}  paper only")
             continue
         o = small["optim"]
-        lines.append(f"{r['method']:<{width}}  auto: {r['auto']:<5}  paper | small: {o.get('name')} lr {o.get('lr')} "
-                     f"({o.get('lr_scaling')}), wd {o.get('weight_decay')}; "
+        lines.append(f"{r['method']:<{width}}  auto: {r['auto']:<5}  paper | small: "
+                     f"{o.get('name')} lr {o.get('lr')} ({o.get('lr_scaling')}), "
+                     f"wd {o.get('weight_decay')}; "
                      f"{', '.join(f'{k}={v}' for k, v in small['method_args'].items())}"
                      f"  [{r['small_source']}]")
     _emit(args, {"recipes": rows}, "\n".join(lines))

@@ -34,7 +34,7 @@ _OPTIONS: list[tuple[str, str, str, type, str]] = [
     ("--clip-grad", "optim", "clip_grad", float, "max gradient norm (off)"),
     ("--accumulate", "optim", "accumulate", int, "gradient accumulation steps (1)"),
     ("--recipe", "", "recipe", str, "auto | small | paper: small-image or paper settings "
-     "(`selfsup list recipes`; auto = small for images <= 64 px where the method has one)"),
+     "(`selfsup list recipes`; auto = small for images <= 64 px where marked auto: small)"),
     ("--views", "", "views", str, "view preset (`selfsup list presets`; method default)"),
     ("--image-size", "data", "image_size", int, "resize images to this side (native size)"),
     ("--num-workers", "data", "num_workers", int, "DataLoader workers for folders (0)"),

@@ -3,9 +3,9 @@ at random init and the raw pixels, by kNN and by linear probe on the digits test
 
 The demo's recipe (src/selfsup/engine/demo.py: SimCLR, small CNN, 16 px digits, 500 steps of batch
 256, SimCLR's small recipe = lightly's CIFAR-10 SimCLR settings) measured 95.82 kNN (random init
-85.79, raw pixels 94.99) and 99.44 linear (97.49, 95.54) on 2026-12-03 (docs/benchmarks.md, "Demo"). The paper's
-ImageNet recipe it replaced gave kNN 93.31, below the raw pixels: this test fails on it. About
-60 s of training on two idle cores.
+85.79, raw pixels 94.99) and 99.44 linear (97.49, 95.54) on 2026-12-03 (docs/benchmarks.md,
+"Demo"). The paper's ImageNet recipe it replaced gave kNN 93.31, below the raw pixels: this test
+fails on it. About 70 s of training on two idle cores.
 """
 
 from __future__ import annotations

@@ -289,8 +289,8 @@ def test_trainer_drops_the_frozen_last_layer_gradient(tiny_run) -> None:
     from selfsup.engine.trainer import pretrain
 
     c = tiny_run("dino", steps=2, batch=32)  # the paper recipe: AdamW, last layer frozen 1 epoch
-    res = pretrain(replace(c, method="dino", recipe="paper", method_args={"out_dim": 16, "hidden_dim": 16,
-                                                           "bottleneck_dim": 8}))
+    res = pretrain(replace(c, method="dino", recipe="paper",
+                           method_args={"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8}))
     m = res.method
     assert isinstance(m, DINO) and m.last_layer_frozen_at(1)
     opt = _adamw(m)

@@ -29,6 +29,8 @@ def test_auto_picks_small_up_to_the_cifar_stem_size_and_paper_above() -> None:
     name, r = recipes.choose("simclr", "small", 224)  # an explicit choice holds at any size
     assert name == "small" and r is not None
     assert recipes.choose("vicreg", "auto", 16) == ("paper", None)  # no small recipe
+    assert recipes.choose("byol", "auto", 16) == ("paper", None)  # one that auto does not pick
+    assert recipes.choose("byol", "small", 16)[0] == "small"
 
 
 def test_small_for_a_method_without_one_and_unknown_names_are_one_line_errors() -> None:

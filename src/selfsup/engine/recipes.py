@@ -45,9 +45,9 @@ def choose(method: str, choice: str, image_size: int) -> tuple[str, Recipe | Non
     """
     if choice not in RECIPES:
         raise ConfigError(f"recipe '{choice}' is unknown; expected one of {', '.join(RECIPES)}")
-    recipe = small_recipe(method)
     if choice == "paper":
         return "paper", None
+    recipe = small_recipe(method)
     if choice == "small":
         if recipe is None:
             with_small = [n for n in registry.list_names("method") if small_recipe(n)]

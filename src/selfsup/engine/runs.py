@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import registry
-from selfsup.config import RunConfig, from_dict, replace
+from selfsup.config import Recipe, RunConfig, from_dict, replace
 from selfsup.data.datasets import ImageDataset
 from selfsup.data.splits import from_config
 from selfsup.data.stats import Normalization, compute_normalization
@@ -34,6 +34,7 @@ class Parts:
     image_size: int
     method: Method
     views: MultiView
+    recipe: Recipe | None = None  # the small recipe applied to ``cfg``, None for ``paper``
 
 
 def pick_device(name: str) -> torch.device:
@@ -133,7 +134,7 @@ def build_parts(cfg: RunConfig) -> Parts:
                    std=norm.std)
     cfg = replace(cfg, views=preset, data=data,
                   method_args=_config_dict(method.cfg))
-    return Parts(cfg, train, val, norm, size, method, views)
+    return Parts(cfg, train, val, norm, size, method, views, recipe)
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:

@@ -190,8 +190,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
 
     main = dist.is_main()
     if main:
-        recipe_name, recipe = recipes.choose(cfg.method, cfg.recipe, parts.image_size)
-        logger.info("%s", recipes.describe(cfg.method, recipe_name, recipe, parts.image_size))
+        logger.info("%s", recipes.describe(cfg.method, cfg.recipe, parts.recipe, parts.image_size))
     writer = MetricsWriter(out, tensorboard=cfg.train.tensorboard) if main else None
     if main:
         out.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,8 @@ class BarlowTwins(Method):
         method_args={"proj_hidden_dim": 2048, "proj_out_dim": 2048, "proj_layers": 2,
                      "bias_lr_ratio": 1.0},
         view_args={"blur_p": 0.0}, auto=False,
-        note="collapsed: kNN 49.58 vs the paper recipe's 85.52 (digits 16 px, small CNN, 150 steps of batch 128, one run); not yet understood")
+        note="collapsed: kNN 49.58 vs the paper recipe's 85.52 (digits 16 px, small CNN, 150 "
+        "steps of batch 128, one run); not yet understood")
 
     def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig) -> None:
         super().__init__(backbone, cfg)

@@ -91,7 +91,8 @@ class BYOL(Method):
         method_args={"proj_hidden_dim": 1024, "proj_out_dim": 256, "pred_hidden_dim": 1024,
                      "momentum_base": 0.99, "momentum_end": 0.99},
         view_args={"blur_p": 0.0}, auto=False,
-        note="kNN 86.35 vs the paper recipe's 88.58 (digits 16 px, small CNN, 150 steps of batch 128, one run)")
+        note="kNN 86.35 vs the paper recipe's 88.58 (digits 16 px, small CNN, 150 steps of batch "
+        "128, one run)")
 
     momentum: Tensor
 

@@ -112,7 +112,8 @@ class SimCLRv2(Method):
         method_args={"proj_hidden_dim": 512, "proj_out_dim": 128, "temperature": 0.5},
         view_args=dict(LIGHTLY_CIFAR10_COLOR),
         note="SimCLR's small recipe with SimCLR v2's 3-layer projector (lightly publishes no "
-        "CIFAR-10 SimCLR v2 setting); kNN 91.92 vs the paper recipe's 92.20 (digits 16 px, small CNN, 150 steps of batch 128, one run)",
+        "CIFAR-10 SimCLR v2 setting); kNN 91.92 vs the paper recipe's 92.20 (digits 16 px, "
+        "small CNN, 150 steps of batch 128, one run)",
         auto=False)
 
     def __init__(self, backbone: nn.Module, cfg: SimCLRv2Config) -> None:

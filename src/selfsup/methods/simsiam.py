@@ -89,7 +89,8 @@ class SimSiam(Method):
         method_args={"proj_hidden_dim": 2048, "proj_out_dim": 2048, "proj_layers": 2,
                      "pred_hidden_dim": 512},
         view_args={"blur_p": 0.0}, auto=False,
-        note="kNN 87.19 vs the paper recipe's 89.97 (digits 16 px, small CNN, 150 steps of batch 128, one run)")
+        note="kNN 87.19 vs the paper recipe's 89.97 (digits 16 px, small CNN, 150 steps of batch "
+        "128, one run)")
 
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig) -> None:
         super().__init__(backbone, cfg)
