@@ -26,11 +26,20 @@ WORLD = 2
 LIMIT, BATCH, STEPS, STOP = 96, 12, 6, 2  # 4 steps per epoch: stop mid-epoch 0, resume past 4
 
 
-def _config(out: Path) -> Any:
+# SimCLR: per-rank BatchNorm statistics; SwAV: also its per-rank queue (queue_length // world
+# rows of each rank's own embeddings, in use from the first epoch, so after the resume)
+METHOD_ARGS: dict[str, dict[str, Any]] = {
+    "simclr": {"proj_hidden_dim": 16, "proj_out_dim": 8},
+    "swav": {"proj_hidden_dim": 16, "proj_out_dim": 8, "num_prototypes": 8, "queue_length": 24,
+             "epoch_queue_starts": 0, "freeze_prototypes_epochs": 0.0},
+}
+
+
+def _config(out: Path, method: str) -> Any:
     from selfsup.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
 
     return RunConfig(
-        method="simclr", method_args={"proj_hidden_dim": 16, "proj_out_dim": 8},
+        method=method, method_args=METHOD_ARGS[method],
         backbone=BackboneConfig(name="small_cnn", kwargs={"width": 4}),
         data=DataConfig(path="digits", image_size=8, limit=LIMIT),
         train=TrainConfig(steps=STEPS, batch_size=BATCH, out=str(out), device="cpu",
@@ -67,29 +76,30 @@ def _recorded_pretrain(cfg: Any, **kw: Any) -> tuple[Any, list[dict[str, torch.T
     return res, log
 
 
-def _worker(root: str, rank: int) -> dict[str, Any]:
+def _worker(root: str, method: str, rank: int) -> dict[str, Any]:
     from selfsup.utils import dist
     from selfsup.utils.seed import rng_state
 
     out: dict[str, Any] = {}
-    straight, out["straight"] = _recorded_pretrain(_config(Path(root) / "a"))
+    straight, out["straight"] = _recorded_pretrain(_config(Path(root) / "a", method))
     out["straight_state"] = straight.method.state_dict()
     out["straight_rng"] = rng_state()
-    part, out["part"] = _recorded_pretrain(_config(Path(root) / "b"), stop_at=STOP)
+    part, out["part"] = _recorded_pretrain(_config(Path(root) / "b", method), stop_at=STOP)
     out["part_step"] = part.step
     # rank 0 writes last.pt after the save's collective; a relaunch would start after it
     dist.barrier()
-    resumed, out["resumed"] = _recorded_pretrain(_config(Path(root) / "b"), resume=True)
+    resumed, out["resumed"] = _recorded_pretrain(_config(Path(root) / "b", method), resume=True)
     out["resumed_step"] = resumed.step
     out["resumed_state"] = resumed.method.state_dict()
     out["resumed_rng"] = rng_state()
     return out
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
-    root = tmp_path_factory.mktemp("dist_resume")
-    return root, run_on_ranks(functools.partial(_worker, str(root)), WORLD, root,
+@pytest.fixture(scope="module", params=sorted(METHOD_ARGS))
+def runs(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    root = tmp_path_factory.mktemp(f"dist_resume_{request.param}")
+    return root, run_on_ranks(functools.partial(_worker, str(root), request.param), WORLD, root,
                               weights_only=False)
 
 
@@ -119,15 +129,11 @@ def test_every_rank_resumes_its_own_streams(runs: tuple[Path, list[dict[str, Any
                    zip(r["resumed_rng"]["numpy"], r["straight_rng"]["numpy"])), rank
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rank r's BatchNorm running statistics are its own but only rank 0's are checkpointed; on "
-    "resume DDP's init broadcast gives rank 1 rank 0's (max diff ~1e-2). They feed only eval-mode "
-    "passes (DeepCluster's epoch features of rank r's shard); fix: all-reduce them before such "
-    "passes and before saving, or save every rank's buffers"))
 def test_every_rank_ends_in_the_same_state(runs: tuple[Path, list[dict[str, Any]]]) -> None:
-    """Parameters and buffers of every rank, not only rank 0's (which the checkpoint holds):
-    with ``broadcast_buffers=False`` rank r's BatchNorm running statistics are its own, and
-    eval-mode passes during training (DeepCluster's epoch features of rank r's shard) use them."""
+    """Parameters and buffers of every rank, not only rank 0's: with ``broadcast_buffers=False``
+    rank r's BatchNorm running statistics are its own (eval-mode passes during training, such as
+    DeepCluster's epoch features of rank r's shard, use them), so the checkpoint keeps each
+    rank's (``buffers_per_rank``). Saving rank 0's only fails here on rank 1 (max diff ~1e-2)."""
     _, results = runs
     for rank, r in enumerate(results):
         differ = {k: float((r["resumed_state"][k].double() - v.double()).abs().max())
@@ -148,5 +154,11 @@ def test_metrics_and_checkpoint_match(runs: tuple[Path, list[dict[str, Any]]]) -
     assert records("b") == records("a")  # rank 0 logs every step once, with the same values
     a, b = checkpoint.load(root / "a" / "last.pt"), checkpoint.load(root / "b" / "last.pt")
     assert a["step"] == b["step"] == STEPS
+    # each rank's BatchNorm statistics (and SwAV's queue), and only what differs between ranks
+    per_rank = b["buffers_per_rank"]
+    assert len(per_rank) == WORLD and per_rank[0]
+    own = {k for k in per_rank[0] if ".running_" not in k}
+    assert own == ({"queue"} if "swav" in root.name else set()), sorted(per_rank[0])
+    assert any(not torch.equal(per_rank[0][k], per_rank[1][k]) for k in per_rank[0])
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0, msg=k)

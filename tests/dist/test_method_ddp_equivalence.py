@@ -92,14 +92,7 @@ PER_RANK: dict[str, dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]] = {
 
 # Known departures found by this grid (issue 10, item 12), left failing on purpose (strict: the
 # mark must go when the method is fixed); a newly registered method is covered by default.
-KNOWN: dict[str, str] = {
-    "instdisc": "step-0 loss differs from one process (NCE normalisation or bank lookup per "
-                "rank; not diagnosed)",
-    "cmc": "gradients differ by up to 1.1e-2 (allowed 5e-3): NCE normalisation per rank, "
-           "not diagnosed",
-    "deepcluster": "on_epoch_start re-initialises the classifier from each rank's own RNG, so "
-                   "the ranks' classifier weights differ (should depend only on seed and epoch)",
-}
+KNOWN: dict[str, str] = {}
 NAMES = registry.list_names("method")
 METHODS = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n]))
            if n in KNOWN else n for n in NAMES]

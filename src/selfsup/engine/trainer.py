@@ -182,6 +182,7 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     step = 0
     if payload is not None:
         method.load_state_dict(payload["model"])
+        checkpoint.restore_rank_buffers(method, payload)  # after DDP's init broadcast
         optimizer.load_state_dict(payload["optimizer"])
         scaler.load_state_dict(payload["scaler"])
         step = int(payload["step"])
@@ -203,19 +204,23 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
                             preprocessor(parts.norm, parts.image_size), device=device)
 
     def save() -> None:
-        bad = non_finite_state(method)  # identical on every rank (DDP), so all raise together
-        if bad:
+        # parameters agree across ranks, BatchNorm statistics need not: all ranks raise together
+        bad = non_finite_state(method)
+        if dist.any_rank(bad is not None, device):
+            bad = bad or "a buffer of another rank"
             raise NonFiniteParameterError(
                 f"'{bad}' became NaN/inf by step {step}; nothing was saved and the last good "
                 f"checkpoint is kept at '{ckpt_path}'. Try a lower optim.lr or optim.clip_grad=1.0")
         rngs = dist.all_gather_object(rng_state())  # a collective: every rank takes part
+        per_rank = checkpoint.rank_buffers(method)  # a collective too
         if not main:
             return
         checkpoint.save_atomic({
             "format": checkpoint.FORMAT, "version": checkpoint.library_version(), "method": cfg.method,
             "config": to_dict(cfg), "model": method.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-            "rng": rngs[0], "rng_per_rank": rngs, "normalization": parts.norm.to_dict(),
+            "rng": rngs[0], "rng_per_rank": rngs, "buffers_per_rank": per_rank,
+            "normalization": parts.norm.to_dict(),
             "data": {"channels": parts.train.channels, "image_size": parts.image_size,
                      "num_classes": parts.train.num_classes},
         }, ckpt_path)

@@ -197,7 +197,10 @@ class DeepCluster(Method):
         self.pseudo_labels.copy_(gather_labels(res.labels, index, cfg.num_samples))
         self.centroids.zero_()[:, : res.centroids.shape[1]] = res.centroids
         self.clustered_epochs += 1
-        self._reset_classifier(g)
+        # a stream of its own: k-means draws from ``g`` a rank-dependent number of times (its
+        # restarts of empty clusters see each rank's shard), so the classifier drawn after it
+        # would differ per rank; this one depends only on (seed, epoch)
+        self._reset_classifier(torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919))
         return list(self.classifier.parameters())
 
     def epoch_sample_labels(self) -> Tensor | None:

@@ -151,8 +151,9 @@ class NormalizingConstant(nn.Module):
     """``log Z`` of NCE's unnormalised softmax ``exp(v . f / t) / Z`` (Wu et al. 2018, eq. 8).
 
     Unset (``is_set`` False, ``log_z`` 0) until the first :meth:`update`, which sets it to that
-    batch's estimate (averaged over
-    ranks, so every rank holds the same value). Later updates keep it fixed with ``momentum = 0``
+    batch's estimate (``Z``
+    averaged over ranks, which is the global batch's estimate, so every rank holds the same
+    value). Later updates keep it fixed with ``momentum = 0``
     (paper) or move ``Z`` (not ``log Z``) towards the new estimate:
     ``Z <- m Z + (1 - m) Z_batch``.
 
@@ -188,7 +189,12 @@ class NormalizingConstant(nn.Module):
         """
         if self.is_set and self.momentum == 0.0:
             return self.log_z
-        est = dist.all_reduce_mean(batch_log_z.detach().to(self.log_z).reshape(()).clone())
+        # the ranks' estimates are means over equally many noise logits, so the global batch's
+        # estimate is the mean of their Z (not of their log Z): log-mean-exp over ranks
+        est = batch_log_z.detach().to(self.log_z).reshape(1).clone()
+        if dist.world_size() > 1:
+            est = torch.logsumexp(dist.all_gather(est), dim=0) - math.log(dist.world_size())
+        est = est.reshape(())
         if not self.is_set:
             self.log_z.copy_(est)
             self.set_.fill_(True)
