@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from torch import nn
+
 from selfsup import registry
+from selfsup.config import BackboneConfig
 
 
 def shrunk_args(name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -17,3 +20,28 @@ def shrunk_args(name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, An
         if f.name.endswith("_dim") and isinstance(f.default, int) and f.default >= 64
     }
     return {**args, **overrides.get(name, {})}
+
+
+def needs_vit(name: str) -> bool:
+    """Whether method ``name`` needs a ViT backbone (masked image modeling)."""
+    return str(getattr(registry.get("method", name).obj, "backbone_kind", "any")) == "vit"
+
+
+# the grids' ViT: vit_tiny's width with 2 blocks and 4-px patches (16 tokens at 16 px)
+VIT_PATCH, VIT_KWARGS = 4, {"depth": 2}
+
+
+def grid_backbone_config(name: str, width: int) -> BackboneConfig:
+    """The grids' backbone for method ``name``: small_cnn of ``width``, or the small ViT."""
+    if needs_vit(name):
+        return BackboneConfig(name="vit_tiny", patch_size=VIT_PATCH, kwargs=dict(VIT_KWARGS))
+    return BackboneConfig(name="small_cnn", kwargs={"width": width})
+
+
+def grid_backbone(name: str, in_chans: int, image_size: int, width: int) -> nn.Module:
+    """:func:`grid_backbone_config` built (fresh random weights from torch's global RNG)."""
+    from selfsup.nn.backbones import create_backbone
+
+    cfg = grid_backbone_config(name, width)
+    return create_backbone(cfg.name, in_chans=in_chans, image_size=image_size,
+                           patch_size=cfg.patch_size, **cfg.kwargs)

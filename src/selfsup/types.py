@@ -59,12 +59,17 @@ class Batch:
             ``[B, 4]`` as ``(y0, x0, y1, x1)``, for methods that match regions across views:
             the source position of the view's top-left and bottom-right corners, so a
             horizontally flipped view has ``x0 > x1``.
+        masks: per-sample masks of masked image modeling drawn outside the method, as index or
+            boolean tensors with the batch in dim 0, keyed by the names the method's
+            ``sample_masks`` returns (e.g. MAE's ``keep`` / ``mask`` / ``ids_restore``); None:
+            the method draws its own from torch's RNG on the batch's device.
     """
 
     views: list[Tensor]
     index: Tensor
     labels: Tensor | None = None
     boxes: list[Tensor] | None = None
+    masks: dict[str, Tensor] | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import selfsup.methods  # noqa: F401  (registers the methods)
+from method_grid import grid_backbone
 from selfsup import registry
 from selfsup.config import OptimConfig
 from selfsup.methods.base import Method, build_method
@@ -42,7 +43,7 @@ def _small_heads(name: str) -> dict[str, int]:
 
 def _build(name: str, in_chans: int, seed: int) -> Method:
     torch.manual_seed(seed)
-    backbone = create_backbone("small_cnn", in_chans=in_chans, image_size=SIZE, width=8)
+    backbone = grid_backbone(name, in_chans, SIZE, width=8)
     return build_method(name, backbone, **_small_heads(name))
 
 

@@ -31,9 +31,9 @@ import pytest
 import torch
 
 import selfsup.methods  # noqa: F401  (registers the methods)
-from method_grid import shrunk_args
+from method_grid import grid_backbone_config, shrunk_args
 from selfsup import registry
-from selfsup.config import BackboneConfig, DataConfig, OptimConfig, RunConfig, TrainConfig
+from selfsup.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from selfsup.engine import checkpoint
 from selfsup.engine.trainer import PretrainResult, pretrain
 from selfsup.methods.base import Method
@@ -77,7 +77,7 @@ def _cases() -> list[Any]:
 def _config(name: str, accum: int, out: Path) -> RunConfig:
     return RunConfig(
         method=name, method_args=method_args(name),
-        backbone=BackboneConfig(name="small_cnn", kwargs={"width": 4}),
+        backbone=grid_backbone_config(name, width=4),
         data=DataConfig(path="digits", image_size=8, limit=LIMIT),
         optim=OptimConfig(accumulate=accum),
         train=TrainConfig(steps=STEPS, batch_size=BATCH, out=str(out), device="cpu",

@@ -17,8 +17,9 @@ Made deterministic for the comparison:
 - The global RNG is re-seeded before every step on both sides. InstDisc's and CMC's noise indices
   are drawn with a shape ``[K]`` that does not depend on the batch, so both sides draw the same
   negatives. CPC v2's per-patch augmentation draws per patch (its draws depend on the batch
-  size) and acts on each patch alone, so it is off here (``patch_aug=False``). No other method
-  draws inside ``training_step``.
+  size) and acts on each patch alone, so it is off here (``patch_aug=False``). Masked image
+  modeling methods get the masks of the whole ``2B`` batch from their ``sample_masks`` in
+  ``Batch.masks``, sharded by rows. No other method draws inside ``training_step``.
 - Epoch hooks (DeepCluster, DeepCluster-v2) run on each rank's shard (``rank::world``); their
   k-means is rank-aware and tested in ``test_clustering_dist.py``, but it starts from rank 0's
   rows, so the single process starts from the state the ranks reached (which must be the same
@@ -52,10 +53,9 @@ from torch import nn
 
 import selfsup.methods  # noqa: F401  (registers the methods)
 from gloo_harness import run_on_ranks
-from method_grid import shrunk_args
+from method_grid import grid_backbone, shrunk_args
 from selfsup import registry
 from selfsup.methods.base import Method, build_method
-from selfsup.nn.backbones import create_backbone
 from selfsup.types import Batch
 
 WORLD, B, STEPS = 2, 4, 3  # per-rank batch; SwAV's queue is in use at steps 1 and 2
@@ -105,7 +105,7 @@ def method_args(name: str) -> dict[str, Any]:
 def build(name: str) -> Method:
     """The method from seed 0, training, with BatchNorm and Dropout in eval mode."""
     torch.manual_seed(0)
-    backbone = create_backbone("small_cnn", in_chans=CHANS, image_size=SIZE, width=4)
+    backbone = grid_backbone(name, CHANS, SIZE, width=4)
     m = build_method(name, backbone, **method_args(name)).train()
     for mod in m.modules():
         if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
@@ -122,15 +122,18 @@ def _view_sizes(name: str) -> list[int]:
     return sizes + [sizes[0]] * (2 - len(sizes))
 
 
-def global_batch(name: str, step: int) -> Batch:
-    """The fixed ``2B``-row batch of ``step``: random views, distinct dataset indices, boxes."""
+def global_batch(m: Method, step: int) -> Batch:
+    """The fixed ``2B``-row batch of ``step``: random views, distinct dataset indices, boxes and,
+    for masked image modeling, the masks of all ``2B`` images (drawn once, then sharded)."""
     g = torch.Generator().manual_seed(1000 + step)
     n = WORLD * B
-    views = [torch.randn(n, CHANS, s, s, generator=g) for s in _view_sizes(name)]
+    views = [torch.randn(n, CHANS, s, s, generator=g) for s in _view_sizes(m.name)]
     lo = torch.rand(n, 2, generator=g) * 0.5
     boxes = [torch.cat([lo, lo + 0.5], dim=1) for _ in views]
     index = torch.randperm(NUM_SAMPLES, generator=torch.Generator().manual_seed(7))
-    return Batch(views=views, index=index[step * n : (step + 1) * n], boxes=boxes)
+    sample = getattr(m, "sample_masks", None)
+    masks = sample(n, None, torch.Generator().manual_seed(3000 + step)) if sample else None
+    return Batch(views=views, index=index[step * n : (step + 1) * n], boxes=boxes, masks=masks)
 
 
 def shard(batch: Batch, rank: int, world: int) -> Batch:
@@ -138,8 +141,9 @@ def shard(batch: Batch, rank: int, world: int) -> Batch:
         return batch
     rows = slice(rank * B, (rank + 1) * B)
     assert batch.boxes is not None
+    masks = None if batch.masks is None else {k: v[rows] for k, v in batch.masks.items()}
     return Batch(views=[v[rows] for v in batch.views], index=batch.index[rows],
-                 boxes=[b[rows] for b in batch.boxes])
+                 boxes=[b[rows] for b in batch.boxes], masks=masks)
 
 
 def epoch_start(m: Method, rank: int, world: int) -> None:
@@ -166,7 +170,7 @@ def train_steps(m: Method, model: nn.Module, rank: int, world: int) -> dict[str,
     losses, grads = [], []
     for step in range(STEPS):
         torch.manual_seed(2000 + step)  # the same draws on every rank and in one process
-        out = model(shard(global_batch(m.name, step), rank, world))
+        out = model(shard(global_batch(m, step), rank, world))
         out.loss.backward()
         m.before_optimizer_step(step)
         losses.append(out.loss.detach().clone())

@@ -332,6 +332,21 @@ def swav_views(image_size: int) -> list[ViewConfig]:
 
 @registry.register(
     "preset",
+    "mae",
+    description="one view: random resized crop 0.2-1 and horizontal flip, no colour distortion",
+    reference="He et al. 2022, Masked Autoencoders Are Scalable Vision Learners, appendix A.1",
+)
+def mae_views(image_size: int) -> list[ViewConfig]:
+    """MAE pre-training (appendix A.1, facebookresearch/mae ``main_pretrain.py``:
+    ``RandomResizedCrop(scale=(0.2, 1.0))``, ``RandomHorizontalFlip``): one view per image, no
+    colour jitter, grayscale nor blur ("MAE works well using cropping-only augmentation",
+    sec. 4.1). The view has the image's size."""
+    return [ViewConfig(n=1, size=image_size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0,
+                       blur_p=0.0)]
+
+
+@registry.register(
+    "preset",
     "deepcluster",
     description="one view: random resized crop and horizontal flip, no colour distortion",
     reference="Caron et al. 2018, Deep Clustering for Unsupervised Learning of Visual Features, "

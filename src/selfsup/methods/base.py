@@ -45,12 +45,15 @@ class Method(nn.Module):
         default_optim: the paper's optimiser settings, keys of :class:`selfsup.config.OptimConfig`.
         small_recipe: the small-image settings of an anchor's CIFAR-10 benchmark, or ``None``
             when no published small-image recipe is followed (`selfsup list recipes`).
+        backbone_kind: ``"any"`` (any backbone with ``num_features``) or ``"vit"`` (masked
+            image modeling: a ViT with token access, ``selfsup list backbones``).
     """
 
     Config: ClassVar[type] = object
     default_views: ClassVar[str] = "simclr"
     default_optim: ClassVar[dict[str, Any]] = {}
     small_recipe: ClassVar[Recipe | None] = None
+    backbone_kind: ClassVar[str] = "any"
 
     def __init__(self, backbone: nn.Module, cfg: Any) -> None:
         super().__init__()

@@ -177,13 +177,17 @@ def _factory(name: str) -> Callable[..., ViT]:
         patch_size: int | None = None,
         global_pool: str = "token",
         drop_path_rate: float = 0.0,
+        depth: int = 12,
     ) -> ViT:
-        return ViT(name=name, embed_dim=dim, depth=12, num_heads=heads, in_chans=in_chans,
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ConfigError(f"backbone '{name}': depth must be a positive integer, got "
+                              f"{depth!r}")
+        return ViT(name=name, embed_dim=dim, depth=depth, num_heads=heads, in_chans=in_chans,
                    image_size=image_size, patch_size=patch_size, global_pool=global_pool,
                    drop_path_rate=drop_path_rate)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"""{name}: {dim}-dim, 12 blocks, {heads} heads ({params} parameters).
+    build.__doc__ = f"""{name}: {dim}-dim, 12 blocks, {heads} heads ({params} parameters at depth 12).
 
     Args:
         in_chans: input channels.
@@ -191,6 +195,7 @@ def _factory(name: str) -> Callable[..., ViT]:
         patch_size: patch side; None = :func:`default_patch_size`. Must divide ``image_size``.
         global_pool: ``"token"`` (CLS) or ``"avg"`` (mean of patch tokens).
         drop_path_rate: stochastic-depth rate of the last block (linearly increasing).
+        depth: transformer blocks (12 as DeiT; fewer for quick experiments and tests).
 
     Raises:
         ConfigError: if the patch size does not divide ``image_size`` or an option is invalid.
