@@ -347,6 +347,21 @@ def mae_views(image_size: int) -> list[ViewConfig]:
 
 @registry.register(
     "preset",
+    "simmim",
+    description="one view: random resized crop 0.67-1 and horizontal flip, no colour distortion",
+    reference="Xie et al. 2022, SimMIM: A Simple Framework for Masked Image Modeling, sec. 4.1",
+)
+def simmim_views(image_size: int) -> list[ViewConfig]:
+    """SimMIM pre-training (sec. 4.1; microsoft/SimMIM ``data/data_simmim.py``
+    ``SimMIMTransform``: ``RandomResizedCrop(scale=(0.67, 1.), ratio=(3/4, 4/3))``,
+    ``RandomHorizontalFlip``): one view per image, no colour jitter, grayscale nor blur. The view
+    has the image's size."""
+    return [ViewConfig(n=1, size=image_size, scale=(0.67, 1.0), jitter_p=0.0, grayscale_p=0.0,
+                       blur_p=0.0)]
+
+
+@registry.register(
+    "preset",
     "deepcluster",
     description="one view: random resized crop and horizontal flip, no colour distortion",
     reference="Caron et al. 2018, Deep Clustering for Unsupervised Learning of Visual Features, "

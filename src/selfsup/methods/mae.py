@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from selfsup.losses.reconstruction import mae_loss
 from selfsup.methods.base import Method
+from selfsup.nn.backbones.vit import check_vit
 from selfsup.nn.masking import random_masking
 from selfsup.nn.patches import patchify, sincos_2d
 from selfsup.registry import register
@@ -65,21 +66,6 @@ class MAEConfig:
 
 
 Config = MAEConfig
-
-
-def _check_vit(backbone: nn.Module, name: str) -> tuple[int, int]:
-    """``(patch size, input channels)`` of a ViT backbone with ``forward_tokens``.
-
-    Raises:
-        ConfigError: for any other backbone.
-    """
-    patch = getattr(backbone, "patch_size", None)
-    proj = getattr(getattr(backbone, "patch_embed", None), "proj", None)
-    if not (hasattr(backbone, "forward_tokens") and isinstance(patch, int)
-            and isinstance(proj, nn.Conv2d) and getattr(backbone, "cls_token", None) is not None):
-        raise ConfigError(f"{name} needs a ViT backbone with a class token (--backbone vit_tiny, "
-                          f"vit_small or vit_base), got {type(backbone).__name__}")
-    return patch, int(proj.in_channels)
 
 
 @register(
@@ -127,7 +113,7 @@ class MAE(Method):
     def __init__(self, backbone: nn.Module, cfg: MAEConfig) -> None:
         super().__init__(backbone, cfg)
         dim = self.feature_dim()
-        self.patch, self.in_chans = _check_vit(backbone, "mae")
+        self.patch, self.in_chans = check_vit(backbone, "mae")
         self.require_positive(cfg, ("decoder_dim", "decoder_depth", "decoder_heads"))
         if not 0.0 < cfg.mask_ratio < 1.0:
             raise ConfigError(f"method_args.mask_ratio must be in (0, 1), got {cfg.mask_ratio}")
@@ -162,7 +148,7 @@ class MAE(Method):
 
     @property
     def _vit(self) -> Any:
-        """The backbone as the ViT :func:`_check_vit` accepted (token access, patch embedding)."""
+        """The backbone as the ViT :func:`~selfsup.nn.backbones.vit.check_vit` accepted (token access, patch embedding)."""
         return self.backbone
 
     @torch.no_grad()

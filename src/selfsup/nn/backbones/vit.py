@@ -18,12 +18,12 @@ from typing import Literal
 import torch
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor
+from torch import Tensor, nn
 
 from selfsup.registry import register
 from selfsup.types import ConfigError
 
-__all__ = ["ViT", "default_patch_size"]
+__all__ = ["ViT", "check_vit", "default_patch_size"]
 
 _REFERENCE = "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words: Transformers for Image " \
     "Recognition at Scale"
@@ -111,7 +111,8 @@ class ViT(VisionTransformer):
         self.patch_size = patch_size
         self.num_patches = (image_size // patch_size) ** 2
 
-    def forward_tokens(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+    def forward_tokens(self, x: Tensor, keep: Tensor | None = None, mask: Tensor | None = None,
+                       mask_token: Tensor | None = None) -> Tensor:
         """All tokens after the final LayerNorm.
 
         Args:
@@ -119,14 +120,27 @@ class ViT(VisionTransformer):
             keep: optional patch indices ``[B, K]`` (int64, values in ``[0, N)``) to keep after
                 adding the position embeddings; the others are dropped before the blocks
                 (MAE's masked encoder, He et al. 2022 sec. 3).
+            mask: optional ``[B, N]`` (bool or 0/1) patches whose embedding is replaced by
+                ``mask_token`` ``[D]`` before the position embeddings are added (SimMIM's
+                encoder, Xie et al. 2022 sec. 3.1; ``x (1 - w) + token w`` as its code).
+            mask_token: the learned token for ``mask``.
 
         Returns:
             ``[B, 1 + N, D]`` (CLS token first), or ``[B, 1 + K, D]`` when ``keep`` is given.
 
         Raises:
-            ValueError: if ``keep`` is not a ``[B, K]`` integer tensor.
+            ValueError: if ``keep`` is not a ``[B, K]`` integer tensor, or ``mask`` does not
+                fit the patch grid or comes without ``mask_token``.
         """
         x = self.patch_embed(x)  # [B, N, D]
+        if mask is not None:
+            grid = x.shape[1:-1]  # [B, h, w, D] with dynamic image sizes, else [B, N, D]
+            n = int(torch.tensor(grid).prod())
+            if mask_token is None or mask.shape != (x.shape[0], n):
+                raise ValueError(f"mask must be [B={x.shape[0]}, N={n}] with a mask_token, got "
+                                 f"{tuple(mask.shape)}")
+            w = mask.to(x.dtype).reshape(x.shape[0], *grid, 1)
+            x = x * (1 - w) + mask_token.to(x.dtype).reshape(-1) * w
         x = self._pos_embed(x)  # [B, 1 + N, D]
         if keep is not None:
             if keep.dim() != 2 or keep.shape[0] != x.shape[0] or keep.is_floating_point():
@@ -158,6 +172,22 @@ class ViT(VisionTransformer):
         """``[B, in_chans, H, W]`` -> pooled features ``[B, num_features]``."""
         out: Tensor = self.forward_head(self.forward_tokens(x), pre_logits=True)
         return out
+
+
+def check_vit(backbone: nn.Module, who: str) -> tuple[int, int]:
+    """``(patch size, input channels)`` of a ViT backbone with token access
+    (:meth:`ViT.forward_tokens`) and a class token, as masked image modeling needs.
+
+    Raises:
+        ConfigError: naming ``who`` and the backbones that work, for any other backbone.
+    """
+    patch = getattr(backbone, "patch_size", None)
+    proj = getattr(getattr(backbone, "patch_embed", None), "proj", None)
+    if not (hasattr(backbone, "forward_tokens") and isinstance(patch, int)
+            and isinstance(proj, nn.Conv2d) and getattr(backbone, "cls_token", None) is not None):
+        raise ConfigError(f"{who} needs a ViT backbone with a class token (--backbone vit_tiny, "
+                          f"vit_small or vit_base), got {type(backbone).__name__}")
+    return patch, int(proj.in_channels)
 
 
 # name: (embedding width, heads, parameters at patch 16 / 224 px); all 12 blocks deep
