@@ -19,18 +19,24 @@ facebookresearch/mae ``models_mae.py`` (``MaskedAutoencoderViT``: ``random_maski
   averaged over the masked patches only (:func:`selfsup.losses.reconstruction.mae_loss`).
 - Position embeddings: fixed sine-cosine in the encoder too (the reference builds ``pos_embed``
   with ``requires_grad=False``); this file writes them into the ViT's ``pos_embed`` and freezes
-  it. ``mae_init`` applies the reference's ``initialize_weights`` to encoder and decoder (Xavier
+  it (always, also with ``mae_init`` off: a pre-trained ViT loses its learned embedding).
+  ``mae_init`` applies the reference's ``initialize_weights`` to encoder and decoder (Xavier
   uniform for every linear layer and the patch projection, normal(0.02) for the class and mask
-  tokens); off, the backbone keeps its own initialisation (e.g. a user's pre-trained ViT).
+  tokens); off, every other weight keeps its initialisation (the backbone's own, PyTorch's
+  default for the decoder's linear layers).
 - Optimiser (``main_pretrain.py``, appendix A.1): AdamW, lr 1.5e-4 x B / 256, betas (0.9, 0.95),
   weight decay 0.05 on weights only (timm's ``add_weight_decay``: no decay for biases and 1-D
   parameters; the class and mask tokens are 3-D and decayed, as there), cosine schedule with 40
   warm-up epochs of 800 (here capped at half a short run by the trainer), no gradient clipping.
-- Augmentation: random resized crop (scale 0.2-1) and horizontal flip only (the ``mae`` preset).
+- Augmentation: random resized crop (scale 0.2-1) and horizontal flip only (the ``mae`` preset;
+  the reference resizes bicubically, the library's batched crop bilinearly).
 - Features for evaluation: the ViT's pooled output as configured (``global_pool="token"``, the
-  class token, is what MAE's linear probe reads; its fine-tuning averages the patch tokens,
-  ``global_pool="avg"``). MAE features are weak under linear probes and strong under
-  fine-tuning (sec. 4, fig. 9); judge them by fine-tuning.
+  class token, is what MAE's linear probe reads, there behind a ``BatchNorm1d`` without affine
+  parameters that the library's probe does not add; MAE's fine-tuning averages the patch tokens
+  and then normalises, ``fc_norm``, where the library's ``global_pool="avg"`` normalises every
+  token and then averages). The library's fine-tuning is SimCLR's recipe, not MAE's (AdamW with
+  layer-wise lr decay), so fine-tuning numbers are not comparable with the paper's. MAE
+  features are weak under linear probes and strong under fine-tuning (sec. 4, fig. 9).
 """
 
 from __future__ import annotations

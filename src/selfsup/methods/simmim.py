@@ -22,13 +22,17 @@ microsoft/SimMIM ``models/simmim.py`` (``VisionTransformerForSimMIM``, ``SimMIM`
   parameters, 10 warm-up epochs, gradient clipping at norm 5.0.
 - Augmentation: random resized crop (scale 0.67-1) and flip (the ``simmim`` preset).
 
-Departures, all from the ViT the library shares: the reference's ViT-B uses a shared relative
-position bias and layer scale 0.1 with no absolute position embedding; the library's timm ViT
-has learned absolute position embeddings and no layer scale. The reference also exempts the
-class token, position embedding and mask token from weight decay (``no_weight_decay``); the
-library's decay groups exempt parameters with fewer than 2 dimensions only, so those 3-D tokens
-are decayed. Its schedule is multi-step (x0.1 at epoch 700 of 800); cosine here. Hierarchical
-(Swin / conv) encoders are not supported yet.
+Departures, mostly from the ViT the library shares: the reference's ViT-B uses a shared
+relative position bias and layer scale 0.1 with no absolute position embedding, truncated
+normal(0.02) initialisation of every linear layer, the patch projection and the class token
+with ``fix_init_weight``'s depth rescaling, and stochastic depth 0.1; the library's timm ViT has
+learned absolute position embeddings, no layer scale, timm's initialisation, and drop path only
+when asked (``--set backbone.kwargs.drop_path_rate=0.1`` for the reference's). The reference
+exempts the class token from weight decay (``no_weight_decay``; the mask token is decayed for
+ViTs, as here); the library's decay groups exempt parameters with fewer than 2 dimensions only,
+so the class token and the absolute position embedding are decayed. Its schedule is multi-step
+(x0.1 at epoch 700 of 800) with warm-up from 5e-7; cosine here, warm-up from lr / steps.
+Hierarchical (Swin / conv) encoders are not supported yet.
 """
 
 from __future__ import annotations
