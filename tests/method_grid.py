@@ -27,14 +27,17 @@ def needs_vit(name: str) -> bool:
     return str(getattr(registry.get("method", name).obj, "backbone_kind", "any")) == "vit"
 
 
-# the grids' ViT: vit_tiny's width with 2 blocks and 4-px patches (16 tokens at 16 px)
-VIT_PATCH, VIT_KWARGS = 4, {"depth": 2}
+# the grids' ViT: vit_tiny's width with 2 blocks and a 4 x 4 patch grid (I-JEPA's blocks need
+# more than 2 x 2)
+VIT_GRID, VIT_KWARGS = 4, {"depth": 2}
 
 
-def grid_backbone_config(name: str, width: int) -> BackboneConfig:
-    """The grids' backbone for method ``name``: small_cnn of ``width``, or the small ViT."""
+def grid_backbone_config(name: str, width: int, image_size: int = 16) -> BackboneConfig:
+    """The grids' backbone for method ``name``: small_cnn of ``width``, or the small ViT with
+    patches of ``image_size / 4`` px."""
     if needs_vit(name):
-        return BackboneConfig(name="vit_tiny", patch_size=VIT_PATCH, kwargs=dict(VIT_KWARGS))
+        return BackboneConfig(name="vit_tiny", patch_size=max(1, image_size // VIT_GRID),
+                              kwargs=dict(VIT_KWARGS))
     return BackboneConfig(name="small_cnn", kwargs={"width": width})
 
 
@@ -42,6 +45,6 @@ def grid_backbone(name: str, in_chans: int, image_size: int, width: int) -> nn.M
     """:func:`grid_backbone_config` built (fresh random weights from torch's global RNG)."""
     from selfsup.nn.backbones import create_backbone
 
-    cfg = grid_backbone_config(name, width)
+    cfg = grid_backbone_config(name, width, image_size)
     return create_backbone(cfg.name, in_chans=in_chans, image_size=image_size,
                            patch_size=cfg.patch_size, **cfg.kwargs)

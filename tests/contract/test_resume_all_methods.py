@@ -44,6 +44,8 @@ MID, BOUNDARY = 3, 4  # mid-epoch 0 (accumulate 1) / 1 (accumulate 2); the start
 
 # Shrinks for speed, and settings that make the stateful parts act within STEPS steps.
 OVERRIDES: dict[str, dict[str, Any]] = {
+    # the shrink gives pred_dim 16, not a multiple of vit_tiny's 3 heads
+    "ijepa": {"pred_dim": 24, "pred_depth": 1},
     "cmc": {"num_negatives": 16},
     "instdisc": {"num_negatives": 16},
     "deepcluster": {"num_clusters": 4, "pca_dim": 4},
@@ -77,7 +79,7 @@ def _cases() -> list[Any]:
 def _config(name: str, accum: int, out: Path) -> RunConfig:
     return RunConfig(
         method=name, method_args=method_args(name),
-        backbone=grid_backbone_config(name, width=4),
+        backbone=grid_backbone_config(name, width=4, image_size=8),
         data=DataConfig(path="digits", image_size=8, limit=LIMIT),
         optim=OptimConfig(accumulate=accum),
         train=TrainConfig(steps=STEPS, batch_size=BATCH, out=str(out), device="cpu",

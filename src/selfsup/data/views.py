@@ -362,6 +362,20 @@ def simmim_views(image_size: int) -> list[ViewConfig]:
 
 @registry.register(
     "preset",
+    "ijepa",
+    description="one view: random resized crop 0.3-1 only (no flip, no colour distortion)",
+    reference="Assran et al. 2023, I-JEPA, sec. 4 and configs/in1k_vith14_ep300.yaml",
+)
+def ijepa_views(image_size: int) -> list[ViewConfig]:
+    """I-JEPA pre-training (facebookresearch/ijepa ``configs/in1k_vith14_ep300.yaml``:
+    ``crop_scale: [0.3, 1.0]``, ``use_horizontal_flip: false``, no colour jitter nor blur): one
+    view per image. The view has the image's size."""
+    return [ViewConfig(n=1, size=image_size, scale=(0.3, 1.0), hflip_p=0.0, jitter_p=0.0,
+                       grayscale_p=0.0, blur_p=0.0)]
+
+
+@registry.register(
+    "preset",
     "deepcluster",
     description="one view: random resized crop and horizontal flip, no colour distortion",
     reference="Caron et al. 2018, Deep Clustering for Unsupervised Learning of Visual Features, "
