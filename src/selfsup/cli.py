@@ -122,6 +122,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from selfsup.engine.visualize import visualize
+
+    res = visualize(args.checkpoint, args.out, data=args.data, num=args.num, seed=args.seed)
+    _emit(args, res, f"wrote {res['out']} (rows: {', '.join(res['rows'])})")
+    return 0
+
+
 def _list_recipes(args: argparse.Namespace) -> int:
     from selfsup.config import SMALL_IMAGE_MAX
     from selfsup.engine.recipes import table
@@ -222,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-torchscript", action="store_true", help="skip the TorchScript file")
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.set_defaults(func=cmd_export)
+
+    vi = sub.add_parser("visualize", help="picture grid of a ViT run: masked input and "
+                        "reconstruction (mae, simmim), patch-feature PCA (any ViT method)")
+    vi.add_argument("--checkpoint", required=True, help="a run's last.pt")
+    vi.add_argument("--out", required=True, help="output PNG, e.g. grid.png")
+    vi.add_argument("--data", help="images to show (default: the run's own data)")
+    vi.add_argument("--num", type=int, default=8, help="number of images (8)")
+    vi.add_argument("--seed", type=int, default=0, help="seed of the masks drawn (0)")
+    vi.add_argument("--json", action="store_true", help="print one JSON object")
+    vi.set_defaults(func=cmd_visualize)
 
     ls = sub.add_parser("list", help="list registered methods, backbones, presets, datasets "
                         "or recipes")

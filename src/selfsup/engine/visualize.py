@@ -1,0 +1,158 @@
+"""Pictures of what a masked-modeling run learned (``selfsup visualize``).
+
+One PNG grid, one column per image:
+
+- pixel-reconstruction methods (MAE, SimMIM): the original, the masked input (masked patches
+  grey) and the reconstruction with the visible patches pasted back (MAE's
+  ``run_one_image`` shows the same three rows). MAE's per-patch normalised predictions are
+  mapped back to pixels with each true patch's mean and variance, as its demo notebook does.
+- any ViT method (I-JEPA, DINO, ...): the original and the first three principal components of
+  the encoder's patch tokens as an RGB map (the PCA figures of DINO and I-JEPA), each image's
+  components scaled to [0, 1].
+
+Images are shown in unit range after undoing the run's normalisation; one channel is shown as
+grey, three as RGB, more (multispectral) as their first three channels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import selfsup.methods  # noqa: F401  (registers the methods)
+from selfsup import registry
+from selfsup.config import RunConfig, from_dict
+from selfsup.data.datasets import open_dataset
+from selfsup.engine import checkpoint
+from selfsup.engine.runs import backbone_from, method_config, preprocessor
+from selfsup.methods.base import Method
+from selfsup.nn.patches import patchify, unpatchify
+from selfsup.types import CheckpointError, ConfigError
+from selfsup.utils.log import logger
+
+__all__ = ["load_method", "visualize"]
+
+
+def load_method(path: str) -> tuple[Method, RunConfig, Any, int]:
+    """The whole trained method of a checkpoint (heads and decoders too), in eval mode, with its
+    config, normalisation and image size.
+
+    Raises:
+        CheckpointError: for a missing/corrupt checkpoint or weights that do not fit.
+    """
+    from selfsup.data.stats import Normalization
+
+    payload = checkpoint.load(path)
+    cfg = from_dict(RunConfig, payload["config"])
+    info = payload["data"]
+    backbone = backbone_from(cfg, int(info["channels"]), int(info["image_size"]))
+    method: Method = registry.get("method", cfg.method).obj(backbone, method_config(cfg))
+    try:
+        method.load_state_dict(payload["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{path}' does not fit method '{cfg.method}': "
+                              f"{str(e)[:300]}") from None
+    return (method.eval(), cfg, Normalization.from_dict(payload["normalization"]),
+            int(info["image_size"]))
+
+
+def _display(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Normalised ``[B, C, H, W]`` -> unit-range ``[B, 3, H, W]`` for the picture."""
+    x = (x * std + mean).clamp(0, 1)
+    if x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1)
+    return x[:, :3] if x.shape[1] >= 3 else torch.cat([x, x[:, :1]], 1)[:, :3]
+
+
+def _pca_map(tokens: Tensor, grid: int, size: int) -> Tensor:
+    """Patch tokens ``[B, N, D]`` -> ``[B, 3, size, size]``: their first 3 principal components
+    (over all images' tokens), each image's map scaled to [0, 1]."""
+    b, n, d = tokens.shape
+    flat = tokens.reshape(-1, d).float()
+    flat = flat - flat.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(flat, full_matrices=False)
+    comp = (flat @ v[:3].T).reshape(b, n, 3)
+    lo, hi = comp.amin(1, keepdim=True), comp.amax(1, keepdim=True)
+    comp = (comp - lo) / (hi - lo).clamp_min(1e-8)
+    maps = comp.transpose(1, 2).reshape(b, 3, grid, grid)
+    return F.interpolate(maps, size=(size, size), mode="nearest")
+
+
+@torch.no_grad()
+def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int = 8,
+              seed: int = 0) -> dict[str, Any]:
+    """Write the picture grid of a checkpoint's first ``num`` images of ``data`` (default: the
+    run's own data) to ``out`` (PNG). Returns ``{"out", "rows", "images"}``.
+
+    Raises:
+        CheckpointError: as :func:`load_method`.
+        ConfigError: for a method with no picture (not a ViT method), or ``num`` < 1.
+    """
+    from PIL import Image
+
+    if num < 1:
+        raise ConfigError(f"--num must be >= 1, got {num}")
+    method, cfg, norm, size = load_method(checkpoint_path)
+    ds = open_dataset(data or cfg.data.path, split=cfg.data.split, limit=num)
+    raw, _ = ds.get_batch(torch.arange(min(num, len(ds))))
+    x = preprocessor(norm, size)(raw)
+    mean = torch.tensor(norm.mean).reshape(1, -1, 1, 1)
+    std = torch.tensor(norm.std).reshape(1, -1, 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[tuple[str, Tensor]] = [("original", _display(x, mean, std))]
+    vit: Any = method.backbone
+    patch = getattr(vit, "patch_size", None)
+    if not (hasattr(vit, "forward_tokens") and isinstance(patch, int)):
+        raise ConfigError(f"selfsup visualize: method '{cfg.method}' has no picture (it needs a "
+                          "ViT backbone: reconstructions for mae/simmim, patch PCA for any ViT)")
+    m_: Any = method
+    if hasattr(m_, "decode") and hasattr(m_, "sample_masks"):  # MAE
+        ms = m_.sample_masks(x.shape[0], None, gen)
+        pred = m_.decode(vit.forward_tokens(x, keep=ms["keep"]), ms["ids_restore"])
+        target = patchify(x, patch)
+        if getattr(m_.cfg, "norm_pix_loss", False):  # back to pixels, as MAE's demo
+            mu, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            pred = pred * (var + 1e-6) ** 0.5 + mu
+        m = ms["mask"].unsqueeze(-1).to(x.dtype)  # [B, N, 1]
+        rows.append(("masked", _display(unpatchify(target * (1 - m), patch, x.shape[1]), mean,
+                                        std) * _keep_grey(m, patch, x) + _grey(m, patch, x)))
+        rows.append(("reconstruction + visible", _display(
+            unpatchify(target * (1 - m) + pred * m, patch, x.shape[1]), mean, std)))
+    elif hasattr(m_, "reconstruct") and hasattr(m_, "sample_masks"):  # SimMIM
+        mask = m_.sample_masks(x.shape[0], None, gen)["mask"]
+        rec, _ = m_.reconstruct(x, mask)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        pix = unpatchify(m.expand(-1, -1, patch * patch * x.shape[1]), patch, x.shape[1])
+        rows.append(("masked", _display(x * (1 - pix), mean, std) * _keep_grey(m, patch, x)
+                     + _grey(m, patch, x)))
+        rows.append(("reconstruction + visible", _display(x * (1 - pix) + rec * pix, mean, std)))
+    tokens = vit.forward_tokens(x)[:, getattr(vit, "num_prefix_tokens", 1):]
+    rows.append(("patch-feature PCA", _pca_map(tokens, size // patch, size)))
+    grid = torch.cat([torch.cat(list(r), dim=2) for _, r in rows], dim=1)  # [3, rows H, B W]
+    img = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    scale = max(1, 96 // size)  # small images enlarged (nearest) so the patches stay visible
+    pil = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale),
+                                      Image.Resampling.NEAREST)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.save(path)
+    logger.info("wrote %s: rows %s, %d images", path, [r for r, _ in rows], x.shape[0])
+    return {"out": str(path), "rows": [r for r, _ in rows], "images": int(x.shape[0])}
+
+
+def _pixels(m: Tensor, patch: int, x: Tensor) -> Tensor:
+    """Patch mask ``[B, N, 1]`` -> ``[B, 3, H, W]`` pixel mask."""
+    return unpatchify(m.expand(-1, -1, patch * patch * 3), patch, 3)
+
+
+def _keep_grey(m: Tensor, patch: int, x: Tensor) -> Tensor:
+    return 1 - _pixels(m, patch, x)
+
+
+def _grey(m: Tensor, patch: int, x: Tensor) -> Tensor:
+    return 0.5 * _pixels(m, patch, x)
