@@ -69,17 +69,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from selfsup.engine.finetune import finetune_checkpoint
-    from selfsup.eval.finetune import FinetuneConfig
     from selfsup.eval.report import format_table
 
-    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         crop_scale=(args.crop_min_scale, 1.0), hflip_p=args.hflip_p,
-                         temperature=args.distill_temperature, seed=args.seed)
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                 "crop_scale": (args.crop_min_scale, 1.0), "hflip_p": args.hflip_p,
+                 "temperature": args.distill_temperature, "seed": args.seed}
     r = finetune_checkpoint(args.checkpoint, args.data, args.test_data,
                             labeled_fraction=args.labeled_fraction, head_layers=args.head_layers,
-                            distill=args.distill, cfg=cfg, distill_epochs=args.distill_epochs,
+                            distill=args.distill, distill_epochs=args.distill_epochs,
                             baselines=not args.no_baselines, device=args.device,
-                            limit=args.limit, seed=args.seed)
+                            limit=args.limit, seed=args.seed, recipe=args.recipe,
+                            overrides=overrides)
     rows = r["rows"]
     obj: dict[str, Any] = {"probe": "finetune", **{k: v for k, v in r.items() if k != "rows"}}
     obj["top1"] = rows["pretrained"]["finetune_top1"]
@@ -90,8 +90,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         obj["random_init_top1"] = rows["random init"]["finetune_top1"]
     obj["rows"] = rows
     text = format_table(rows) + (
-        f"\n({r['labeled']} labeled of {r['train_size']} training images, head layers "
-        f"{r['head_layers']}, {r['epochs']} epochs; test {r['test_size']}: {r['test']})")
+        f"\n({r['labeled']} labeled of {r['train_size']} training images, {r['recipe']} recipe, "
+        f"head layers {r['head_layers']}, {r['epochs']} epochs; test {r['test_size']}: "
+        f"{r['test']})")
     _emit(args, obj, text)
     return 0
 
@@ -202,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--labeled-fraction", type=float, default=0.1,
                     help="stratified fraction of training labels used (0.1)")
     ft.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (30)")
-    ft.add_argument("--lr", type=float, default=0.05, help="lr x batch/256, Nesterov SGD (0.05)")
+    ft.add_argument("--recipe", default="auto", choices=["auto", "simclr", "mae"],
+                    help="simclr: Nesterov SGD, no regularisation (SimCLR B.5); mae: AdamW, "
+                    "layer-wise lr decay 0.75, drop path 0.1, label smoothing 0.1, 5 warm-up "
+                    "epochs (MAE A.2); auto (default): mae for masked-modeling methods")
+    ft.add_argument("--lr", type=float, help="lr x batch/256 (the recipe's: simclr 0.05, mae "
+                    "1e-3)")
     ft.add_argument("--head-layers", type=int,
                     help="projection-head layers kept (default: the method's, simclr_v2: 1)")
     ft.add_argument("--crop-min-scale", type=float, default=0.08,

@@ -155,3 +155,43 @@ def test_classify_counts_top1_and_top5() -> None:
     src = _Source(n=10)  # labels 0,1,0,1,...
     acc = classify(Fixed(), src, _prep, batch_size=3)
     assert acc == {"top1": 50.0, "top5": 100.0}
+
+
+def test_mae_recipe_layer_decay_groups_and_drop_path() -> None:
+    """MAE's ``param_groups_lrd`` (main_finetune.py, util/lr_decay.py): with L blocks, patch
+    embedding / class token / position embedding at decay^(L+1), block i at decay^(L-i), the
+    final norm and the new linear layer at 1; no weight decay on 1-D tensors and the tokens."""
+    from selfsup.eval.finetune import Classifier, mae_recipe, param_groups, set_drop_path
+    from selfsup.nn.backbones import create_backbone
+
+    vit = create_backbone("vit_tiny", in_chans=1, image_size=8, patch_size=4, depth=3)
+    model = Classifier(vit, 10)
+    groups = param_groups(model, 0.05, 0.75)
+    scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale[id(named["encoder.patch_embed.proj.weight"])] == (0.75 ** 4, 0.05)
+    assert scale[id(named["encoder.cls_token"])] == (0.75 ** 4, 0.0)
+    assert scale[id(named["encoder.pos_embed"])] == (0.75 ** 4, 0.0)
+    for i in range(3):
+        assert scale[id(named[f"encoder.blocks.{i}.attn.qkv.weight"])] == (0.75 ** (3 - i), 0.05)
+        assert scale[id(named[f"encoder.blocks.{i}.norm1.weight"])] == (0.75 ** (3 - i), 0.0)
+    assert scale[id(named["encoder.norm.weight"])] == (1.0, 0.0)
+    assert scale[id(named["fc.weight"])] == (1.0, 0.05) and scale[id(named["fc.bias"])][1] == 0.0
+    assert len(scale) == sum(1 for p in model.parameters() if p.requires_grad)
+    set_drop_path(vit, 0.1)
+    rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in vit.blocks]
+    assert rates == pytest.approx([0.0, 0.05, 0.1])
+    cfg = mae_recipe(epochs=2)
+    assert (cfg.optimizer, cfg.lr, cfg.layer_decay, cfg.label_smoothing, cfg.epochs) == (
+        "adamw", 1e-3, 0.75, 0.1, 2)
+
+
+def test_finetune_recipe_auto_is_mae_for_masked_modeling() -> None:
+    from selfsup.engine.finetune import finetune_config
+
+    assert finetune_config("auto", "mae")[0] == "mae"
+    assert finetune_config("auto", "ijepa", lr=0.5)[1].lr == 0.5
+    name, cfg = finetune_config("auto", "simclr", lr=None)
+    assert name == "simclr" and cfg.optimizer == "sgd" and cfg.lr == 0.05
+    with pytest.raises(ConfigError, match="--recipe"):
+        finetune_config("beit", "mae")

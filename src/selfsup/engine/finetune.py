@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfsup import registry
 from selfsup.data.splits import split_labeled
 from selfsup.engine.evaluate import eval_data
 from selfsup.engine.runs import (
@@ -21,7 +22,14 @@ from selfsup.engine.runs import (
     pick_device,
     preprocessor,
 )
-from selfsup.eval.finetune import Classifier, FinetuneConfig, classify, finetune, self_distill
+from selfsup.eval.finetune import (
+    Classifier,
+    FinetuneConfig,
+    classify,
+    finetune,
+    mae_recipe,
+    self_distill,
+)
 from selfsup.methods.base import Method, build_method
 from selfsup.types import CheckpointError, ConfigError, DataError
 
@@ -69,15 +77,39 @@ def default_head_layers(run: LoadedRun) -> int:
     return int(getattr(method_config(run.cfg), "finetune_layers", 0))
 
 
+FINETUNE_RECIPES = ("auto", "simclr", "mae")
+
+
+def finetune_config(recipe: str, method: str, **overrides: Any) -> tuple[str, FinetuneConfig]:
+    """``(resolved recipe, config)``: ``simclr`` (SimCLR appendix B.5, :class:`FinetuneConfig`'s
+    defaults) or ``mae`` (:func:`~selfsup.eval.finetune.mae_recipe`); ``auto`` = MAE's for the
+    methods that need a ViT (masked modeling), SimCLR's otherwise. ``overrides`` that are not
+    None replace the recipe's values.
+
+    Raises:
+        ConfigError: for an unknown recipe.
+    """
+    if recipe not in FINETUNE_RECIPES:
+        raise ConfigError(f"--recipe must be one of {FINETUNE_RECIPES}, got {recipe!r}")
+    if recipe == "auto":
+        kind = getattr(registry.get("method", method).obj, "backbone_kind", "any")
+        recipe = "mae" if kind == "vit" else "simclr"
+    over = {k: v for k, v in overrides.items() if v is not None}
+    return recipe, (mae_recipe(**over) if recipe == "mae" else FinetuneConfig(**over))
+
+
 def finetune_checkpoint(checkpoint: str, data: str | None = None, test_data: str | None = None,
                         *, labeled_fraction: float = 0.1, head_layers: int | None = None,
                         distill: bool = False, cfg: FinetuneConfig | None = None,
                         distill_epochs: int | None = None, baselines: bool = True,
-                        device: str = "auto", limit: int | None = None, seed: int = 0
+                        device: str = "auto", limit: int | None = None, seed: int = 0,
+                        recipe: str = "auto", overrides: dict[str, Any] | None = None
                         ) -> dict[str, Any]:
     """Fine-tune the checkpoint's encoder on a stratified ``labeled_fraction`` of the training
     labels and report test accuracy; with ``distill``, then train a random-init student of the
     same architecture on the fine-tuned teacher's soft labels over all training images.
+
+    Without ``cfg``, the settings are :func:`finetune_config`'s ``recipe`` with ``overrides``.
 
     Returns:
         ``{"rows": {"pretrained": {"finetune_top1", "finetune_top5"[, "distill_top1",
@@ -88,8 +120,11 @@ def finetune_checkpoint(checkpoint: str, data: str | None = None, test_data: str
         ConfigError: bad fraction / head layers; DataError: unlabeled data or wrong channel count;
         CheckpointError: a bad checkpoint.
     """
-    cfg = cfg or FinetuneConfig(seed=seed)
     run = load_run(checkpoint)
+    if cfg is None:
+        recipe, cfg = finetune_config(recipe, run.cfg.method, **{"seed": seed, **(overrides or {})})
+    else:
+        recipe = "given"
     layers = default_head_layers(run) if head_layers is None else head_layers
     if layers < 0:
         raise ConfigError(f"--head-layers must be >= 0, got {layers}")
@@ -120,6 +155,6 @@ def finetune_checkpoint(checkpoint: str, data: str | None = None, test_data: str
             rows[name].update({"distill_top1": acc["top1"], "distill_top5": acc["top5"]})
     return {"rows": rows, "labeled": len(labeled), "labeled_fraction": labeled_fraction,
             "train_size": len(ed.train), "test_size": len(ed.test), "test": ed.note,
-            "head_layers": layers, "epochs": cfg.epochs,
+            "head_layers": layers, "epochs": cfg.epochs, "recipe": recipe,
             "distill_epochs": dcfg.epochs if distill else 0, "checkpoint": str(checkpoint),
             "step": run.step}

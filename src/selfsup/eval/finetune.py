@@ -17,6 +17,11 @@ of the same architecture is trained on the unlabeled images to match the teacher
 view. The paper's epoch counts (60 epochs with 1% of the labels, 30 with 10%; 400 for distillation)
 are ImageNet's; :class:`FinetuneConfig` keeps the optimiser and scales the epochs down.
 
+MAE's fine-tuning recipe for ViTs (He et al. 2022, appendix A.2; :func:`mae_recipe`): AdamW with
+layer-wise lr decay (:func:`param_groups`), stochastic depth (:func:`set_drop_path`), label
+smoothing and a warm-up, chosen by ``selfsup eval finetune --recipe`` (``auto``: MAE's for the
+masked-modeling methods, SimCLR's otherwise).
+
 Everything here takes encoders and batch sources (see :mod:`selfsup.eval.features`), never a
 ``Method``; ``selfsup.engine.evaluate.finetune_checkpoint`` wires it to checkpoints.
 """
@@ -26,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +60,21 @@ class FinetuneConfig:
     temperature: float = 1.0  # distillation t of eq. 2 (sec. 2.3: t = 1)
     alpha: float = 1.0  # weight a of the distillation term (eq. 3); 1 = unlabeled only (eq. 2)
     seed: int = 0
+    # MAE's fine-tuning recipe (:func:`mae_recipe`) sets the fields below; SimCLR's leaves them
+    optimizer: str = "sgd"  # sgd (Nesterov, SimCLR B.5) | adamw (MAE main_finetune.py)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    layer_decay: float = 1.0  # ViT layer-wise lr decay: block i's lr x decay^(L + 1 - (i + 1))
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    drop_path: float = 0.0  # ViT stochastic depth, linear over the blocks up to this rate
+    warmup_epochs: float = 0.0  # linear warm-up, then the half-cycle cosine
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"finetune optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"finetune layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError("finetune label_smoothing and drop_path must be in [0, 1)")
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"finetune {key} must be >= 1, got {getattr(self, key)}")
@@ -65,6 +83,72 @@ class FinetuneConfig:
                 raise ConfigError(f"finetune {key} must be > 0, got {getattr(self, key)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"finetune alpha must be in [0, 1], got {self.alpha}")
+
+
+def mae_recipe(**overrides: Any) -> FinetuneConfig:
+    """MAE's fine-tuning recipe (He et al. 2022, appendix A.2; facebookresearch/mae
+    ``main_finetune.py`` defaults): AdamW, lr ``1e-3 x B / 256``, weight decay 0.05 (not on
+    biases, norms, the class token and position embedding), layer-wise lr decay 0.75, drop path
+    0.1, label smoothing 0.1, 5 warm-up epochs then cosine, crop 0.08-1 + flip. Not included:
+    RandAugment, random erasing, mixup and cutmix of the reference. ``overrides`` set any
+    :class:`FinetuneConfig` field (e.g. ``epochs``)."""
+    base: dict[str, Any] = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75,
+                                drop_path=0.1, label_smoothing=0.1, warmup_epochs=5.0,
+                                momentum=0.0)
+    return FinetuneConfig(**{**base, **overrides})
+
+
+def _vit_layers(encoder: nn.Module) -> int | None:
+    """Number of blocks of a ViT encoder (``blocks`` + ``patch_embed``), else None."""
+    blocks = getattr(encoder, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and hasattr(encoder, "patch_embed"):
+        return len(blocks)
+    return None
+
+
+def set_drop_path(encoder: nn.Module, rate: float) -> None:
+    """Stochastic depth on a ViT's blocks, linear from 0 to ``rate`` (timm's rule, as MAE's
+    ``drop_path_rate``); a no-op for other encoders or ``rate`` 0."""
+    from timm.layers import DropPath
+
+    n = _vit_layers(encoder)
+    if n is None or rate <= 0:
+        return
+    for i, blk in enumerate(cast(nn.Sequential, encoder.blocks)):
+        r = rate * i / max(n - 1, 1)
+        for name in ("drop_path1", "drop_path2"):
+            if hasattr(blk, name):
+                setattr(blk, name, DropPath(r) if r > 0 else nn.Identity())
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float
+                 ) -> list[dict[str, Any]]:
+    """Optimiser groups with an ``lr_scale`` each: MAE's ``param_groups_lrd``. For a ViT encoder
+    (``model.encoder``), layer id 0 = class token, position embedding and patch embedding,
+    ``i + 1`` = block ``i``, ``L + 1`` = everything after (final norm, the new linear layer);
+    ``lr_scale = layer_decay ** (L + 1 - id)``. No weight decay on 1-D parameters and on the
+    class token / position embedding (timm's ``no_weight_decay``)."""
+    enc = getattr(model, "encoder", model)
+    n = _vit_layers(enc)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        sub = name[len("encoder."):] if name.startswith("encoder.") else None
+        lid = 0 if n is None else n + 1
+        if n is not None and sub is not None:
+            if sub in ("cls_token", "pos_embed") or sub.startswith("patch_embed"):
+                lid = 0
+            elif sub.startswith("blocks."):
+                lid = int(sub.split(".")[1]) + 1
+        no_wd = p.ndim == 1 or (sub in ("cls_token", "pos_embed"))
+        top = 0 if n is None else n + 1
+        key = (lid, no_wd)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": 0.0 if no_wd else weight_decay,
+                           "lr_scale": layer_decay ** (top - lid)}
+        groups[key]["params"].append(p)
+    return list(groups.values())
 
 
 class Classifier(nn.Module):
@@ -131,9 +215,14 @@ def _fit(model: nn.Module, source: Any, index: Tensor, augment: Callable[[Tensor
     steps_per_epoch = math.ceil(n / bs)
     total = cfg.epochs * steps_per_epoch
     peak = cfg.lr * bs / 256
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=peak, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=peak, betas=cfg.betas)
+    else:
+        opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum,
+                              nesterov=cfg.momentum > 0)
     g = torch.Generator().manual_seed(cfg.seed)
     history: list[float] = []
     step = 0
@@ -141,8 +230,10 @@ def _fit(model: nn.Module, source: Any, index: Tensor, augment: Callable[[Tensor
     for _ in range(cfg.epochs):
         losses = []
         for chunk in index[torch.randperm(n, generator=g)].split(bs):
+            lr = (peak * (step + 1) / warm if step < warm else 0.5 * peak * (
+                1 + math.cos(math.pi * (step - warm) / max(total - warm, 1))))
             for group in opt.param_groups:
-                group["lr"] = 0.5 * peak * (1 + math.cos(math.pi * step / total))
+                group["lr"] = lr * group["lr_scale"]
             x, y = _fetch(source, chunk)
             x_in = augment(x.to(dev, non_blocking=True))
             loss = loss_fn(model(x_in), x_in, y.to(dev), chunk)
@@ -172,13 +263,14 @@ def finetune(encoder: nn.Module, source: Any, index: Tensor, num_classes: int,
         DataError: if a selected sample is unlabeled (label < 0) or there are < 2 classes.
     """
     cfg = cfg or FinetuneConfig()
+    set_drop_path(encoder, cfg.drop_path)
     model = Classifier(encoder, num_classes).to(encoder_device(encoder))
 
     def ce(logits: Tensor, x_in: Tensor, y: Tensor, idx: Tensor) -> Tensor:
         if (y < 0).any():
             raise DataError("fine-tuning selected unlabeled images (label -1); pass only labeled "
                             "indices")
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
 
     history = _fit(model, source, index, _TrainAugment(norm, image_size, cfg), ce, cfg)
     return model, history
