@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from selfsup.nn.masking import block_mask, multiblock_masks, random_masking, simmim_mask
+from selfsup.nn.block_masks import block_mask, multiblock_masks
+from selfsup.nn.masking import random_masking, simmim_mask
 from selfsup.types import ConfigError
 
 

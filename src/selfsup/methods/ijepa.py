@@ -5,7 +5,7 @@ Architecture". Reference code: facebookresearch/ijepa ``src/train.py`` (the step
 schedules), ``src/models/vision_transformer.py`` (``VisionTransformerPredictor``),
 ``src/masks/multiblock.py`` (``MaskCollator``) and ``configs/in1k_vith14_ep300.yaml``.
 
-- Masks (sec. 3, "Targets" / "Context"; :func:`selfsup.nn.masking.multiblock_masks`): per
+- Masks (sec. 3, "Targets" / "Context"; :func:`selfsup.nn.block_masks.multiblock_masks`): per
   image 4 target blocks (scale 0.15-0.2, aspect 0.75-1.5) and one context block (scale
   0.85-1, square) with the targets' patches removed from it.
 - Context encoder (the backbone, evaluated and exported): a ViT on the context patches only
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from selfsup.methods.base import Method
 from selfsup.nn.backbones.vit import check_vit
-from selfsup.nn.masking import multiblock_masks
+from selfsup.nn.block_masks import multiblock_masks
 from selfsup.nn.patches import sincos_2d
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
@@ -185,7 +185,7 @@ class IJEPA(Method):
     def sample_masks(self, batch_size: int, device: torch.device | None = None,
                      generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """I-JEPA's masks for ``batch_size`` images: ``context`` ``[B, Kc]`` and ``target_i``
-        ``[B, Kt]`` for each target block (:func:`~selfsup.nn.masking.multiblock_masks`);
+        ``[B, Kt]`` for each target block (:func:`~selfsup.nn.block_masks.multiblock_masks`);
         what ``Batch.masks`` may carry."""
         cfg = self.cfg
         ms = multiblock_masks(batch_size, self.grid, self.grid, num_targets=cfg.num_targets,
