@@ -49,11 +49,11 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from selfsup.methods.base import Method
-from selfsup.nn.backbones.vit import check_vit
+from selfsup.nn.backbones.vit import check_vit, first_view
 from selfsup.nn.block_masks import multiblock_masks
 from selfsup.nn.patches import sincos_2d
 from selfsup.registry import register
-from selfsup.types import Batch, ConfigError, DataError, StepOutput
+from selfsup.types import Batch, ConfigError, StepOutput
 from selfsup.utils.schedules import linear
 
 
@@ -202,13 +202,7 @@ class IJEPA(Method):
         Raises:
             DataError: without a view, or for a view of another size or channel count.
         """
-        if not batch.views:
-            raise DataError("ijepa needs one view per image, got none")
-        x = batch.views[0]
-        side = self.grid * self.patch
-        if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-2:] != (side, side):
-            raise DataError(f"ijepa expects views [B, {self.in_chans}, {side}, {side}] (the "
-                            f"ViT's image size), got {tuple(x.shape)}")
+        x = first_view(batch.views, "ijepa", self.in_chans, self.grid * self.patch)
         ms = batch.masks if batch.masks is not None else self.sample_masks(x.shape[0], x.device)
         ctx = ms["context"].to(x.device)
         targets = [ms[f"target_{i}"].to(x.device) for i in range(self.cfg.num_targets)]

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from selfsup.losses.reconstruction import mae_loss
 from selfsup.methods.base import Method
-from selfsup.nn.backbones.vit import check_vit
+from selfsup.nn.backbones.vit import check_vit, first_view
 from selfsup.nn.masking import random_masking
 from selfsup.nn.patches import patchify, sincos_2d
 from selfsup.registry import register
@@ -195,13 +195,7 @@ class MAE(Method):
         Raises:
             DataError: without a view, or for a view of another size or channel count.
         """
-        if not batch.views:
-            raise DataError("mae needs one view per image, got none")
-        x = batch.views[0]
-        side = self.grid * self.patch
-        if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-2:] != (side, side):
-            raise DataError(f"mae expects views [B, {self.in_chans}, {side}, {side}] (the ViT's "
-                            f"image size), got {tuple(x.shape)}")
+        x = first_view(batch.views, "mae", self.in_chans, self.grid * self.patch)
         ms = batch.masks if batch.masks is not None else self.sample_masks(x.shape[0], x.device)
         keep, mask, restore = (ms[k].to(x.device) for k in ("keep", "mask", "ids_restore"))
         if keep.shape[0] != x.shape[0] or mask.shape != (x.shape[0], self.num_patches):

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from selfsup.losses.reconstruction import simmim_loss
 from selfsup.methods.base import Method
-from selfsup.nn.backbones.vit import check_vit
+from selfsup.nn.backbones.vit import check_vit, first_view
 from selfsup.nn.masking import simmim_mask
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
@@ -151,13 +151,7 @@ class SimMIM(Method):
         Raises:
             DataError: without a view, or for a view of another size or channel count.
         """
-        if not batch.views:
-            raise DataError("simmim needs one view per image, got none")
-        x = batch.views[0]
-        side = self.grid * self.patch
-        if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-2:] != (side, side):
-            raise DataError(f"simmim expects views [B, {self.in_chans}, {side}, {side}] (the "
-                            f"ViT's image size), got {tuple(x.shape)}")
+        x = first_view(batch.views, "simmim", self.in_chans, self.grid * self.patch)
         ms = batch.masks if batch.masks is not None else self.sample_masks(x.shape[0], x.device)
         mask = ms["mask"].to(x.device)
         if mask.shape != (x.shape[0], self.grid * self.grid):

@@ -21,9 +21,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from selfsup.registry import register
-from selfsup.types import ConfigError
+from selfsup.types import ConfigError, DataError
 
-__all__ = ["ViT", "check_vit", "default_patch_size"]
+__all__ = ["ViT", "check_vit", "default_patch_size", "first_view"]
 
 _REFERENCE = "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words: Transformers for Image " \
     "Recognition at Scale"
@@ -188,6 +188,22 @@ def check_vit(backbone: nn.Module, who: str) -> tuple[int, int]:
         raise ConfigError(f"{who} needs a ViT backbone with a class token (--backbone vit_tiny, "
                           f"vit_small or vit_base), got {type(backbone).__name__}")
     return patch, int(proj.in_channels)
+
+
+def first_view(views: list[Tensor], who: str, in_chans: int, side: int) -> Tensor:
+    """``views[0]``, checked to be ``[B, in_chans, side, side]`` (the ViT's configured input,
+    which masked-modeling methods' fixed patch grids assume).
+
+    Raises:
+        DataError: naming ``who``, without a view or for another size or channel count.
+    """
+    if not views:
+        raise DataError(f"{who} needs one view per image, got none")
+    x = views[0]
+    if x.dim() != 4 or x.shape[1] != in_chans or x.shape[-2:] != (side, side):
+        raise DataError(f"{who} expects views [B, {in_chans}, {side}, {side}] (the ViT's image "
+                        f"size), got {tuple(x.shape)}")
+    return x
 
 
 # name: (embedding width, heads, parameters at patch 16 / 224 px); all 12 blocks deep
