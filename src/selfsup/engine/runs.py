@@ -4,6 +4,7 @@ of checkpoints: shared by the trainer, the evaluation commands and export."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,7 @@ def build_parts(cfg: RunConfig) -> Parts:
     norm = normalization_from(cfg, train)
     method_args = dict(cfg.method_args)
     method_cls = registry.get("method", cfg.method).obj
+    cfg = _with_eval_pool(cfg, method_cls)
     fields = {f.name for f in dataclasses.fields(method_cls.Config)}
     if "num_samples" in fields:
         # memory banks are sized by the dataset (InstDisc, CMC); dataset indices are global
@@ -135,6 +137,21 @@ def build_parts(cfg: RunConfig) -> Parts:
     cfg = replace(cfg, views=preset, data=data,
                   method_args=_config_dict(method.cfg))
     return Parts(cfg, train, val, norm, size, method, views, recipe)
+
+
+def _with_eval_pool(cfg: RunConfig, method_cls: Any) -> RunConfig:
+    """``cfg`` with ``backbone.kwargs.global_pool`` set to the method's ``eval_pool`` (e.g.
+    SimMIM and I-JEPA evaluate the mean patch token: their class token is never trained) when
+    the user left it unset and the backbone factory takes ``global_pool``; saved with the run,
+    so evaluation rebuilds the same pooling."""
+    pool = getattr(method_cls, "eval_pool", None)
+    b = cfg.backbone
+    if pool is None or "global_pool" in b.kwargs:
+        return cfg
+    factory = registry.get("backbone", b.name).obj
+    if "global_pool" not in inspect.signature(factory).parameters:
+        return cfg
+    return replace(cfg, backbone=replace(b, kwargs={**b.kwargs, "global_pool": pool}))
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:

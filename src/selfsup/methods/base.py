@@ -47,6 +47,9 @@ class Method(nn.Module):
             when no published small-image recipe is followed (`selfsup list recipes`).
         backbone_kind: ``"any"`` (any backbone with ``num_features``) or ``"vit"`` (masked
             image modeling: a ViT with token access, ``selfsup list backbones``).
+        eval_pool: the ViT pooling the paper evaluates (``"token"`` or ``"avg"``), filled into
+            ``backbone.kwargs.global_pool`` when the user leaves it unset and the backbone takes
+            it (:func:`selfsup.engine.runs.build_parts`); ``None`` keeps the backbone's default.
     """
 
     Config: ClassVar[type] = object
@@ -54,6 +57,7 @@ class Method(nn.Module):
     default_optim: ClassVar[dict[str, Any]] = {}
     small_recipe: ClassVar[Recipe | None] = None
     backbone_kind: ClassVar[str] = "any"
+    eval_pool: ClassVar[str | None] = None
 
     def __init__(self, backbone: nn.Module, cfg: Any) -> None:
         super().__init__()

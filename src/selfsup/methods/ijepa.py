@@ -31,8 +31,9 @@ schedules), ``src/models/vision_transformer.py`` (``VisionTransformerPredictor``
 
 Departure: the reference's ViT has no class token; the library's ViT has one, which here takes
 part in the context and target encoders' attention but whose output is not used (nor
-predicted). Evaluate I-JEPA features by the average of the patch tokens, as the paper does
-(``--set backbone.kwargs.global_pool=avg``). On small patch grids the masks' ``min_keep``
+predicted). I-JEPA features are evaluated by the average of the patch tokens, as the paper
+does: ``eval_pool = "avg"`` fills ``backbone.kwargs.global_pool=avg`` unless the user sets
+it. On small patch grids the masks' ``min_keep``
 (10 of 196 patches in the reference) is scaled to the grid, at least 2.
 """
 
@@ -143,6 +144,9 @@ class IJEPA(Method):
     Config: ClassVar[type] = IJEPAConfig
     default_views: ClassVar[str] = "ijepa"
     backbone_kind: ClassVar[str] = "vit"
+    # the paper evaluates the average of the last layer's patch tokens (sec. 5); the class token
+    # receives no loss here
+    eval_pool: ClassVar[str | None] = "avg"
     # in1k_vith14_ep300.yaml: lr 1e-3 at batch 2048 (128 x 16 GPUs), warm-up 40 epochs, final lr
     # 1e-6, weight decay 0.04 -> 0.4 (cosine), AdamW; biases and 1-D parameters not decayed
     default_optim: ClassVar[dict[str, Any]] = {

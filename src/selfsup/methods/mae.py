@@ -32,11 +32,13 @@ facebookresearch/mae ``models_mae.py`` (``MaskedAutoencoderViT``: ``random_maski
   the reference resizes bicubically, the library's batched crop bilinearly).
 - Features for evaluation: the ViT's pooled output as configured (``global_pool="token"``, the
   class token, is what MAE's linear probe reads, there behind a ``BatchNorm1d`` without affine
-  parameters that the library's probe does not add; MAE's fine-tuning averages the patch tokens
-  and then normalises, ``fc_norm``, where the library's ``global_pool="avg"`` normalises every
-  token and then averages). The library's fine-tuning is SimCLR's recipe, not MAE's (AdamW with
-  layer-wise lr decay), so fine-tuning numbers are not comparable with the paper's. MAE
-  features are weak under linear probes and strong under fine-tuning (sec. 4, fig. 9).
+  parameters: the library's linear probe standardises every feature with the train set's mean
+  and std, which is what that BatchNorm computes at evaluation). MAE's fine-tuning averages the
+  patch tokens and then normalises (``fc_norm``), where the library's ``global_pool="avg"``
+  normalises every token and then averages. ``selfsup eval finetune`` takes MAE's recipe
+  (``--recipe mae``: AdamW, layer-wise lr decay 0.75, drop path, label smoothing; without
+  RandAugment, mixup and cutmix) by default for this family. MAE features are weak under linear
+  probes and strong under fine-tuning (sec. 4, fig. 9).
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ ViTs, as here); the library's decay groups exempt parameters with fewer than 2 d
 so the class token and the absolute position embedding are decayed. Its schedule is multi-step
 (x0.1 at epoch 700 of 800) with warm-up from 5e-7; cosine here, warm-up from lr / steps.
 Hierarchical (Swin / conv) encoders are not supported yet.
+
+Features for evaluation: the mean of the patch tokens (``eval_pool = "avg"`` fills
+``backbone.kwargs.global_pool=avg`` unless the user sets it): no loss reaches the class token,
+and the reference fine-tunes on mean-pooled patch tokens.
 """
 
 from __future__ import annotations
@@ -86,6 +90,9 @@ class SimMIM(Method):
     Config: ClassVar[type] = SimMIMConfig
     default_views: ClassVar[str] = "simmim"
     backbone_kind: ClassVar[str] = "vit"
+    # no loss reaches the class token; SimMIM's ViT is fine-tuned on the mean patch token
+    # (use_mean_pooling in the reference's finetune configs), so kNN / linear probes read that
+    eval_pool: ClassVar[str | None] = "avg"
     # simmim_pretrain__vit_base__img224__800ep.yaml + config.py defaults: BASE_LR 1e-4 scaled by
     # B / 512, WEIGHT_DECAY 0.05, WARMUP_EPOCHS 10, CLIP_GRAD 5.0, AdamW betas (0.9, 0.999)
     default_optim: ClassVar[dict[str, Any]] = {
