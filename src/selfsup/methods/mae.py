@@ -9,7 +9,8 @@ facebookresearch/mae ``models_mae.py`` (``MaskedAutoencoderViT``: ``random_maski
   by argsorting per-sample noise (:func:`selfsup.nn.masking.random_masking`); the encoder, a ViT,
   sees only the visible patches (plus its class token), with their position embeddings added
   before the removal (:meth:`selfsup.nn.backbones.vit.ViT.forward_tokens` with ``keep``).
-- Decoder (sec. 3, table 1a-b): a linear map to ``decoder_dim`` (512), a learned mask token for
+- Decoder (sec. 3, table 1a-b; :mod:`selfsup.nn.mae_decoder`, its parts kept here as this
+  module's own attributes): a linear map to ``decoder_dim`` (512), a learned mask token for
   every removed patch, the tokens put back in the original order (``ids_restore``), fixed 2-D
   sine-cosine position embeddings, ``decoder_depth`` (8) transformer blocks with
   ``decoder_heads`` (16) heads, LayerNorm and a linear prediction of the ``p*p*C`` pixels of
@@ -43,17 +44,16 @@ facebookresearch/mae ``models_mae.py`` (``MaskedAutoencoderViT``: ``random_maski
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from selfsup.losses.reconstruction import mae_loss
 from selfsup.methods.base import Method
 from selfsup.nn.backbones.vit import check_vit, first_view
+from selfsup.nn.mae_decoder import decoder_blocks, mae_decode, mae_init_
 from selfsup.nn.masking import random_masking
 from selfsup.nn.patches import patchify, sincos_2d
 from selfsup.registry import register
@@ -142,11 +142,8 @@ class MAE(Method):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         self.register_buffer("decoder_pos_embed", sincos_2d(
             cfg.decoder_dim, self.grid, cls_token=True).unsqueeze(0), persistent=False)
-        self.decoder_blocks = nn.Sequential(*[
-            Block(cfg.decoder_dim, cfg.decoder_heads, mlp_ratio=cfg.decoder_mlp_ratio,
-                  qkv_bias=True,
-                  norm_layer=functools.partial(nn.LayerNorm, eps=1e-6))  # type: ignore[arg-type]
-            for _ in range(cfg.decoder_depth)])
+        self.decoder_blocks = decoder_blocks(cfg.decoder_dim, cfg.decoder_depth,
+                                             cfg.decoder_heads, cfg.decoder_mlp_ratio)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch ** 2 * self.in_chans)
         if cfg.mae_init:
@@ -167,28 +164,15 @@ class MAE(Method):
         proj = self._vit.patch_embed.proj
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
         nn.init.normal_(self._vit.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        mae_init_(self, [self.mask_token])
 
     def decode(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
         """``[B, 1 + K, D]`` encoder tokens (class token first, visible patches in ``keep``
         order) -> predicted pixels ``[B, N, p*p*C]`` of every patch in the original order."""
-        x = self.decoder_embed(latent)  # [B, 1 + K, Dd]
-        b, n1, d = x.shape
-        masks = self.mask_token.to(x.dtype).expand(b, self.num_patches + 1 - n1, d)
-        x_ = torch.cat([x[:, 1:], masks], dim=1)  # [B, N, Dd], visible first
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # unshuffle
-        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed.to(x.dtype)
-        x = self.decoder_norm(self.decoder_blocks(x))
-        out: Tensor = self.decoder_pred(x)[:, 1:]  # drop the class token
-        return out
+        return mae_decode(latent, ids_restore, embed=self.decoder_embed,
+                          mask_token=self.mask_token, pos_embed=self.decoder_pos_embed,
+                          blocks=self.decoder_blocks, norm=self.decoder_norm,
+                          pred=self.decoder_pred)
 
     def training_step(self, batch: Batch) -> StepOutput:
         """Mask ``batch.views[0]`` ``[B, C, S, S]`` (``S`` = the ViT's image size), encode the
