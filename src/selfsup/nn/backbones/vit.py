@@ -6,13 +6,14 @@ base = 768 / 12, all 12 blocks deep with MLP ratio 4. The forward returns the po
 ``[B, D]``: the CLS token after the final LayerNorm (``global_pool="token"``, as in DINO and
 MoCo v3) or the mean of the normalised patch tokens (``global_pool="avg"``).
 :meth:`ViT.forward_tokens` returns all normalised tokens ``[B, 1 + N, D]`` and can drop patches
-first (MAE's encoder runs on the visible patches only); :meth:`ViT.forward_features` returns the
-normalised patch tokens as a map ``[B, D, h, w]`` like a CNN's (dense methods such as PixPro).
+first (MAE's encoder runs on the visible patches only); :meth:`ViT.forward_layers` returns the
+unnormalised tokens after chosen blocks (DeepMIM, LocalMIM); :meth:`ViT.forward_features`
+returns the normalised patch tokens as a map ``[B, D, h, w]`` like a CNN's (dense methods such as PixPro).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -132,6 +133,49 @@ class ViT(VisionTransformer):
             ValueError: if ``keep`` is not a ``[B, K]`` integer tensor, or ``mask`` does not
                 fit the patch grid or comes without ``mask_token``.
         """
+        x = self.norm_pre(self._input_tokens(x, keep, mask, mask_token))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        out: Tensor = self.norm(x)
+        return out
+
+    def forward_layers(self, x: Tensor, layers: Sequence[int], keep: Tensor | None = None
+                       ) -> list[Tensor]:
+        """The tokens after each of the given blocks, before any final LayerNorm (deep
+        supervision and multi-scale targets on intermediate layers: DeepMIM, Ren et al. 2023;
+        LocalMIM, Wang et al. 2023). ``self.norm(out[-1])`` with ``layers[-1] == depth`` is
+        :meth:`forward_tokens`' output.
+
+        Args:
+            x: images ``[B, in_chans, image_size, image_size]``.
+            layers: 1-indexed block numbers in ``[1, depth]`` (repeats allowed), in any order;
+                the blocks run up to the largest only.
+            keep: optional patch indices ``[B, K]`` to keep, as in :meth:`forward_tokens`.
+
+        Returns:
+            One ``[B, 1 + K, D]`` (``[B, 1 + N, D]`` without ``keep``) tensor per entry of
+            ``layers``, in that order, unnormalised.
+
+        Raises:
+            ValueError: for an empty ``layers`` or a block number outside ``[1, depth]``, or a
+                bad ``keep`` (as :meth:`forward_tokens`).
+        """
+        depth = len(self.blocks)
+        if not layers or any(isinstance(i, bool) or not 1 <= int(i) <= depth for i in layers):
+            raise ValueError(f"layers must be block numbers in [1, {depth}], got {list(layers)}")
+        x = self.norm_pre(self._input_tokens(x, keep))
+        found: dict[int, Tensor] = {}
+        for i, blk in enumerate(self.blocks[:max(layers)], start=1):
+            x = blk(x)
+            found[i] = x
+        return [found[int(i)] for i in layers]
+
+    def _input_tokens(self, x: Tensor, keep: Tensor | None, mask: Tensor | None = None,
+                      mask_token: Tensor | None = None) -> Tensor:
+        """Patch embedding (masked patches replaced by ``mask_token``), class token and
+        position embedding, then the ``keep`` patches: the blocks' input ``[B, 1 + K, D]``."""
         x = self.patch_embed(x)  # [B, N, D]
         if mask is not None:
             grid = x.shape[1:-1]  # [B, h, w, D] with dynamic image sizes, else [B, N, D]
@@ -150,13 +194,7 @@ class ViT(VisionTransformer):
                 )
             idx = keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, K, D]
             x = torch.cat([x[:, :1], torch.gather(x[:, 1:], 1, idx)], dim=1)  # [B, 1 + K, D]
-        x = self.norm_pre(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        out: Tensor = self.norm(x)
-        return out
+        return x
 
     def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]
         """``[B, in_chans, H, W]`` -> the normalised patch tokens as a map ``[B, D, h, w]``,
