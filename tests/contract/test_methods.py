@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import selfsup.methods  # noqa: F401  (registers the methods)
-from method_grid import grid_backbone
+from method_grid import grid_backbone, tokenizer_args
 from selfsup import registry
 from selfsup.config import OptimConfig
 from selfsup.methods.base import Method, build_method
@@ -44,7 +44,9 @@ def _small_heads(name: str) -> dict[str, int]:
 def _build(name: str, in_chans: int, seed: int) -> Method:
     torch.manual_seed(seed)
     backbone = grid_backbone(name, in_chans, SIZE, width=8)
-    return build_method(name, backbone, **_small_heads(name))
+    # BEiT: a random frozen tokenizer module on the ViT's patch grid
+    return build_method(name, backbone, **_small_heads(name),
+                        **tokenizer_args(name, in_chans, SIZE))
 
 
 def _batch(method: Method, in_chans: int, seed: int = 0) -> Batch:

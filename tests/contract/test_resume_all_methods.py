@@ -31,7 +31,7 @@ import pytest
 import torch
 
 import selfsup.methods  # noqa: F401  (registers the methods)
-from method_grid import grid_backbone_config, shrunk_args
+from method_grid import grid_backbone_config, shrunk_args, tokenizer_args
 from selfsup import registry
 from selfsup.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from selfsup.engine import checkpoint
@@ -58,7 +58,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 def method_args(name: str) -> dict[str, Any]:
-    return shrunk_args(name, OVERRIDES)
+    # BEiT: the path of a 2-step vq_tokenizer run on the grid's grey 8-px digits
+    return {**shrunk_args(name, OVERRIDES), **tokenizer_args(name, 1, 8, as_path=True)}
 
 
 def has_epoch_hooks(name: str) -> bool:

@@ -53,7 +53,7 @@ from torch import nn
 
 import selfsup.methods  # noqa: F401  (registers the methods)
 from gloo_harness import run_on_ranks
-from method_grid import grid_backbone, shrunk_args
+from method_grid import grid_backbone, shrunk_args, tokenizer_args
 from selfsup import registry
 from selfsup.methods.base import Method, build_method
 from selfsup.types import Batch
@@ -108,7 +108,8 @@ def build(name: str) -> Method:
     """The method from seed 0, training, with BatchNorm and Dropout in eval mode."""
     torch.manual_seed(0)
     backbone = grid_backbone(name, CHANS, SIZE, width=4)
-    m = build_method(name, backbone, **method_args(name)).train()
+    m = build_method(name, backbone, **method_args(name),
+                     **tokenizer_args(name, CHANS, SIZE)).train()
     for mod in m.modules():
         if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
             mod.eval()

@@ -376,6 +376,24 @@ def ijepa_views(image_size: int) -> list[ViewConfig]:
 
 @registry.register(
     "preset",
+    "beit",
+    description="one view: colour jitter 0.4 (always), horizontal flip, random resized crop "
+    "0.08-1",
+    reference="Bao et al. 2022, BEiT: BERT Pre-Training of Image Transformers, sec. 2.5 and "
+    "microsoft/unilm beit/datasets.py",
+)
+def beit_views(image_size: int) -> list[ViewConfig]:
+    """BEiT pre-training (microsoft/unilm ``beit/datasets.py`` ``DataAugmentationForBEiT``:
+    ``ColorJitter(0.4, 0.4, 0.4)`` applied to every image, ``RandomHorizontalFlip(0.5)``,
+    ``RandomResizedCropAndInterpolationWithTwoPic`` with scale (0.08, 1) and ratio (3/4, 4/3)):
+    one view per image at the image's size, no hue jitter, grayscale nor blur. The reference
+    jitters before cropping; here after (the batched pipeline's order)."""
+    return [ViewConfig(n=1, size=image_size, scale=(0.08, 1.0), jitter_p=1.0, brightness=0.4,
+                       contrast=0.4, saturation=0.4, hue=0.0, grayscale_p=0.0, blur_p=0.0)]
+
+
+@registry.register(
+    "preset",
     "maskfeat",
     description="one view: random resized crop 0.5-1 and horizontal flip, no colour distortion",
     reference="Wei et al. 2022, MaskFeat, configs/masked_ssl/in1k_VIT_B_MaskFeat_PT.yaml",
