@@ -308,6 +308,22 @@ def dino_views(image_size: int) -> list[ViewConfig]:
 
 @registry.register(
     "preset",
+    "ibot",
+    description="multi-crop: 2 asymmetric global crops (0.25-1) + 10 local crops (0.05-0.25)",
+    reference="Zhou et al. 2022, iBOT: Image BERT Pre-Training with Online Tokenizer; "
+    "bytedance/ibot README ViT-S/16 command",
+)
+def ibot_views(image_size: int) -> list[ViewConfig]:
+    """iBOT multi-crop (bytedance/ibot ``DataAugmentationiBOT``, DINO's augmentation, with the
+    README's ViT-S/16 arguments ``--global_crops_scale 0.25 1 --local_crops_number 10
+    --local_crops_scale 0.05 0.25``): the ``dino`` preset's groups and scaling rule with global
+    crops at scale (0.25, 1) and 10 local crops at (0.05, 0.25)."""
+    local = dino_views(image_size)[2]
+    return [*_byol_pair(image_size, (0.25, 1.0)), replace(local, n=10, scale=(0.05, 0.25))]
+
+
+@registry.register(
+    "preset",
     "swav",
     description="multi-crop: 2 global crops + 6 small crops, SimCLR colour distortion",
     reference="Caron et al. 2020, Unsupervised Learning of Visual Features by Contrasting "

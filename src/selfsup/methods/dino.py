@@ -49,7 +49,7 @@ from selfsup.config import Recipe
 from selfsup.losses.dino import dino_cross_entropy, koleo_loss, teacher_entropies, teacher_probs
 from selfsup.methods.base import LIGHTLY_CIFAR10_SGD, LIGHTLY_CIFAR10_SOURCE, Method
 from selfsup.nn.center import Center
-from selfsup.nn.ema import EMA
+from selfsup.nn.ema import EMA, disable_drop_path
 from selfsup.nn.heads import DINOHead
 from selfsup.nn.multicrop import CROP_PASSES, encode_by_resolution
 from selfsup.nn.sinkhorn import sinkhorn
@@ -89,14 +89,6 @@ class DINOConfig:
 
 
 Config = DINOConfig
-
-
-def _disable_drop_path(module: nn.Module) -> None:
-    """The teacher has no stochastic depth (the authors build it without ``drop_path_rate``);
-    timm's ``DropPath`` reads its ``drop_prob`` attribute at every call."""
-    for m in module.modules():
-        if isinstance(getattr(m, "drop_prob", None), float):
-            setattr(m, "drop_prob", 0.0)  # noqa: B010  (a plain attribute, not a submodule)
 
 
 @register(
@@ -183,7 +175,7 @@ class DINO(Method):
         # keeps the statistics of its own training-mode passes over the global crops
         self.teacher_backbone = EMA(backbone, copy_buffers=False)
         self.teacher_head = EMA(self.head, copy_buffers=False)
-        _disable_drop_path(self.teacher_backbone)
+        disable_drop_path(self.teacher_backbone)  # the authors' teacher has no drop path
         self.center = Center(cfg.out_dim, cfg.center_momentum)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         # lambda of the last on_step_end, logged by training_step; a buffer so a resumed run logs

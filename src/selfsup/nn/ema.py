@@ -16,6 +16,17 @@ from torch import Tensor, nn
 
 from selfsup.types import ConfigError
 
+__all__ = ["EMA", "disable_drop_path"]
+
+
+def disable_drop_path(module: nn.Module) -> None:
+    """Turn off stochastic depth in ``module`` (in place): DINO's and iBOT's teachers are built
+    without ``drop_path_rate`` while the student may have one. timm's ``DropPath`` reads its
+    ``drop_prob`` attribute at every call, so setting it to 0 is enough."""
+    for m in module.modules():
+        if isinstance(getattr(m, "drop_prob", None), float):
+            setattr(m, "drop_prob", 0.0)  # noqa: B010  (a plain attribute, not a submodule)
+
 
 class EMA(nn.Module):
     """A frozen copy of ``student`` updated by :meth:`update` with momentum ``m``.

@@ -5,7 +5,8 @@ predictor (Grill et al. 2020, sec. 3.3: Linear-BN-ReLU-Linear), Barlow Twins' an
 expanders and MoCo v3's heads (BN also on the output) are all ``mlp(dims, ...)`` with different
 ``dims`` and flags, so no head subclass differs only in widths. :class:`DINOHead` (Caron et al.
 2021) adds what an MLP cannot express: L2 normalisation of the bottleneck and a weight-normalised
-last layer (:class:`WeightNormLinear`).
+last layer (:class:`WeightNormLinear`); :class:`IBOTHead` (Zhou et al. 2022) applies it to every
+token of a ViT, with the patch tokens' last layer shared or separate.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from selfsup.types import ConfigError
 
-__all__ = ["DINOHead", "WeightNormLinear", "mlp"]
+__all__ = ["DINOHead", "IBOTHead", "WeightNormLinear", "mlp"]
 
 
 def mlp(
@@ -173,3 +174,54 @@ class DINOHead(nn.Module):
         z = F.normalize(self.mlp(x), dim=-1, p=2)  # [N, bottleneck_dim] on the unit sphere
         out: Tensor = self.last_layer(z, frozen=freeze_last_layer)
         return out
+
+
+class IBOTHead(DINOHead):
+    """iBOT's head (Zhou et al. 2022, "iBOT: Image BERT Pre-Training with Online Tokenizer",
+    sec. 3.3; bytedance/ibot ``models/head.py`` ``iBOTHead``): :class:`DINOHead` applied to the
+    [CLS] token and to every patch token. The MLP is always shared; the patch tokens' last layer
+    is the [CLS] one (``shared=True``, the paper's recipes) or a second weight-normalised layer to
+    ``patch_out_dim`` logits (``shared=False``, the reference's ``last_layer2``).
+
+    Args:
+        in_dim: token width ``D``.
+        out_dim: [CLS] logits ``K``.
+        patch_out_dim: patch logits ``K'`` of the separate layer (ignored when ``shared``).
+        shared: one last layer for [CLS] and patch tokens.
+        hidden_dim, bottleneck_dim, num_layers, norm_last_layer: as :class:`DINOHead` (no
+            BatchNorm: the MLP runs on ``[B, T, D]`` tokens, as the reference's ViT heads).
+
+    Raises:
+        ConfigError: if a width or ``num_layers`` is not a positive integer.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, patch_out_dim: int | None = None,
+                 shared: bool = True, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 num_layers: int = 3, norm_last_layer: bool = True) -> None:
+        super().__init__(in_dim, out_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim,
+                         num_layers=num_layers, use_bn=False, norm_last_layer=norm_last_layer)
+        self.patch_layer: WeightNormLinear | None = None
+        if not shared:
+            k = out_dim if patch_out_dim is None else patch_out_dim
+            if isinstance(k, bool) or k < 1:
+                raise ConfigError(f"IBOTHead patch_out_dim must be a positive integer, got {k}")
+            self.patch_layer = WeightNormLinear(bottleneck_dim, k, fix_norm=norm_last_layer)
+        self.patch_out_dim = out_dim if self.patch_layer is None else int(
+            self.patch_layer.weight_v.shape[0])
+
+    def last_layers(self) -> list[WeightNormLinear]:
+        """The weight-normalised output layers, frozen during the first epoch (the reference's
+        ``cancel_gradients_last_layer`` matches ``last_layer`` and ``last_layer2``)."""
+        return [self.last_layer] + ([] if self.patch_layer is None else [self.patch_layer])
+
+    def forward_tokens(self, tokens: Tensor,
+                       freeze_last_layer: bool = False) -> tuple[Tensor, Tensor]:
+        """``[B, 1 + N, D]`` tokens ([CLS] first) -> ``([B, K], [B, N, K'])`` logits.
+
+        ``freeze_last_layer``: zero gradient to the last layers, kept in the graph (see
+        :meth:`DINOHead.forward`)."""
+        z = F.normalize(self.mlp(tokens), dim=-1, p=2)  # [B, 1 + N, bottleneck_dim]
+        cls: Tensor = self.last_layer(z[:, 0], frozen=freeze_last_layer)
+        layer = self.last_layer if self.patch_layer is None else self.patch_layer
+        patch: Tensor = layer(z[:, 1:], frozen=freeze_last_layer)
+        return cls, patch

@@ -17,7 +17,7 @@ in training mode, where each pass normalises with its own batch statistics:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +42,10 @@ def resolve_crop_passes(passes: str, device: torch.device) -> str:
     return passes
 
 
-def encode_by_resolution(module: nn.Module, views: Sequence[Tensor],
+def encode_by_resolution(module: nn.Module | Callable[[Tensor], Tensor], views: Sequence[Tensor],
                          passes: str = "grouped") -> Tensor:
-    """``module`` applied to ``views`` (each ``[B, C, H_v, W_v]``): one pass per run of equal-size
+    """``module`` (a network or any function of a batch, e.g. a ViT's [CLS] token) applied to
+    ``views`` (each ``[B, C, H_v, W_v]``): one pass per run of equal-size
     consecutive views (``grouped``), one per view (``per_crop``), or as
     :func:`resolve_crop_passes` picks for the views' device (``auto``).
 
