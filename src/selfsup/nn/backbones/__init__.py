@@ -4,7 +4,8 @@ Every registered backbone is a factory ``(in_chans: int = 3, image_size: int = 2
 -> nn.Module`` whose module carries the attributes ``num_features``, ``in_chans`` and
 ``image_size`` and a ``forward_features(x) -> [B, num_features, h, w]`` giving the spatial map
 before pooling (a ViT's patch tokens as a grid). Built-ins (`selfsup list backbones`): ``resnet18/34/50`` (torchvision),
-``vit_tiny/small/base`` (timm) and ``small_cnn`` (a lean CNN for tests and CPU runs). Weights are
+``vit_tiny/small/base`` (timm), ``convvit_tiny/base`` (ConvMAE's hybrid
+conv-transformer) and ``small_cnn`` (a lean CNN for tests and CPU runs). Weights are
 always randomly initialised; nothing is ever downloaded.
 """
 
@@ -16,7 +17,12 @@ from typing import Any
 from torch import nn
 
 from selfsup import registry
-from selfsup.nn.backbones import resnet, small_cnn, vit  # noqa: F401  (registers the backbones)
+from selfsup.nn.backbones import (  # noqa: F401  (registers the backbones)
+    convvit,
+    resnet,
+    small_cnn,
+    vit,
+)
 from selfsup.types import ConfigError
 
 __all__ = ["create_backbone", "list_backbones"]
