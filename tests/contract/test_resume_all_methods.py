@@ -46,6 +46,8 @@ MID, BOUNDARY = 3, 4  # mid-epoch 0 (accumulate 1) / 1 (accumulate 2); the start
 OVERRIDES: dict[str, dict[str, Any]] = {
     # the shrink gives pred_dim 16, not a multiple of vit_tiny's 3 heads
     "ijepa": {"pred_dim": 24, "pred_depth": 1},
+    # 8-px images give 2-px patches: LocalMIM's scale 4 would need 0.5-px regions
+    "localmim": {"scales": [2.0, 1.0, 0.5], "layers": [1, 2, 2]},
     "cmc": {"num_negatives": 16},
     "instdisc": {"num_negatives": 16},
     "deepcluster": {"num_clusters": 4, "pca_dim": 4},
