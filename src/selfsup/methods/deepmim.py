@@ -53,9 +53,9 @@ from torch import Tensor, nn
 from selfsup.losses.reconstruction import deep_supervision_loss
 from selfsup.methods.base import Method
 from selfsup.nn.backbones.vit import check_vit, first_view
-from selfsup.nn.mae_decoder import MAEDecoder, mae_init_
+from selfsup.nn.mae_decoder import MAEDecoder, fixed_sincos_pos_, mae_encoder_init_, mae_init_
 from selfsup.nn.masking import random_masking
-from selfsup.nn.patches import patchify, sincos_2d
+from selfsup.nn.patches import patchify
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
 
@@ -144,13 +144,7 @@ class DeepMIM(Method):
                               f"{self.layers}, got {cfg.weights}")
         self.grid = int(self._vit.image_size) // self.patch
         self.num_patches = self.grid * self.grid
-        pos = self._vit.pos_embed
-        if pos.shape[1] != self.num_patches + 1:
-            raise ConfigError("deepmim: the ViT's position embedding must cover the class token "
-                              f"and {self.num_patches} patches, got {tuple(pos.shape)}")
-        with torch.no_grad():
-            pos.copy_(sincos_2d(dim, self.grid, cls_token=True).unsqueeze(0))
-        pos.requires_grad_(False)
+        fixed_sincos_pos_(self._vit, self.grid, "deepmim")
         try:
             self.decoders = nn.ModuleList([
                 MAEDecoder(dim, self.grid, self.patch ** 2 * self.in_chans, cfg.decoder_dim,
@@ -160,10 +154,7 @@ class DeepMIM(Method):
             raise ConfigError(f"method_args.decoder_dim / decoder_heads: {e}") from None
         tokens: list[Tensor] = [d.mask_token for d in self.decoders if isinstance(d, MAEDecoder)]
         if cfg.mae_init:
-            proj = self._vit.patch_embed.proj
-            with torch.no_grad():
-                nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-                nn.init.normal_(self._vit.cls_token, std=0.02)
+            mae_encoder_init_(self._vit)
             mae_init_(self, tokens)
         else:
             for t in tokens:

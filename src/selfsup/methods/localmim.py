@@ -67,9 +67,8 @@ from selfsup.losses.reconstruction import local_pixel_targets, localmim_loss, mu
 from selfsup.methods.base import Method
 from selfsup.nn.backbones.vit import check_vit, first_view
 from selfsup.nn.hog import hog_cells
-from selfsup.nn.mae_decoder import MAEDecoder, mae_init_
+from selfsup.nn.mae_decoder import MAEDecoder, fixed_sincos_pos_, mae_encoder_init_, mae_init_
 from selfsup.nn.masking import random_masking
-from selfsup.nn.patches import sincos_2d
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
 
@@ -208,13 +207,7 @@ class LocalMIM(Method):
             raise ConfigError(f"method_args.weights needs one weight per scale {self.scales}, "
                               f"got {cfg.weights}")
         self.regions = [self._region(s) for s in self.scales]
-        pos = self._vit.pos_embed
-        if pos.shape[1] != self.num_patches + 1:
-            raise ConfigError("localmim: the ViT's position embedding must cover the class "
-                              f"token and {self.num_patches} patches, got {tuple(pos.shape)}")
-        with torch.no_grad():
-            pos.copy_(sincos_2d(dim, self.grid, cls_token=True).unsqueeze(0))
-        pos.requires_grad_(False)
+        fixed_sincos_pos_(self._vit, self.grid, "localmim")
         self.norms = nn.ModuleList([
             nn.Identity() if layer == self.depth else nn.LayerNorm(dim, eps=1e-6)
             for layer in self.layers])
@@ -229,10 +222,7 @@ class LocalMIM(Method):
             for s, r in zip(self.scales, self.regions, strict=True)])
         tokens: list[Tensor] = [d.mask_token for d in self.decoders if isinstance(d, MAEDecoder)]
         if cfg.mae_init:
-            proj = self._vit.patch_embed.proj
-            with torch.no_grad():
-                nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-                nn.init.normal_(self._vit.cls_token, std=0.02)
+            mae_encoder_init_(self._vit)
             mae_init_(self, tokens)
         else:
             for t in tokens:

@@ -53,7 +53,13 @@ from torch import Tensor, nn
 from selfsup.losses.reconstruction import mae_loss
 from selfsup.methods.base import Method
 from selfsup.nn.backbones.vit import check_vit, first_view
-from selfsup.nn.mae_decoder import decoder_blocks, mae_decode, mae_init_
+from selfsup.nn.mae_decoder import (
+    decoder_blocks,
+    fixed_sincos_pos_,
+    mae_decode,
+    mae_encoder_init_,
+    mae_init_,
+)
 from selfsup.nn.masking import random_masking
 from selfsup.nn.patches import patchify, sincos_2d
 from selfsup.registry import register
@@ -131,13 +137,7 @@ class MAE(Method):
         image_size = int(self._vit.image_size)
         self.grid = image_size // self.patch
         self.num_patches = self.grid * self.grid
-        pos = self._vit.pos_embed
-        if pos.shape[1] != self.num_patches + 1:
-            raise ConfigError("mae: the ViT's position embedding must cover the class token and "
-                              f"{self.num_patches} patches, got {tuple(pos.shape)}")
-        with torch.no_grad():
-            pos.copy_(sincos_2d(dim, self.grid, cls_token=True).unsqueeze(0))
-        pos.requires_grad_(False)
+        fixed_sincos_pos_(self._vit, self.grid, "mae")
         self.decoder_embed = nn.Linear(dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         self.register_buffer("decoder_pos_embed", sincos_2d(
@@ -161,9 +161,7 @@ class MAE(Method):
         """models_mae.py ``initialize_weights``: patch projection as a linear layer (Xavier
         uniform), class and mask tokens normal(0.02), every Linear Xavier uniform with zero bias,
         every LayerNorm (1, 0)."""
-        proj = self._vit.patch_embed.proj
-        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-        nn.init.normal_(self._vit.cls_token, std=0.02)
+        mae_encoder_init_(self._vit)
         mae_init_(self, [self.mask_token])
 
     def decode(self, latent: Tensor, ids_restore: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ parts as its own attributes (MAE does, keeping its ``state_dict`` keys ``decoder
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 from selfsup.nn.patches import sincos_2d
 from selfsup.types import ConfigError
 
-__all__ = ["MAEDecoder", "decoder_blocks", "mae_decode", "mae_init_"]
+__all__ = ["MAEDecoder", "decoder_blocks", "fixed_sincos_pos_", "mae_decode", "mae_encoder_init_",
+           "mae_init_"]
 
 
 def decoder_blocks(dim: int, depth: int, heads: int, mlp_ratio: float = 4.0,
@@ -64,6 +66,31 @@ def mae_decode(latent: Tensor, ids_restore: Tensor, *, embed: nn.Module, mask_to
     x = norm(blocks(x))
     out: Tensor = pred(x[:, 1:])  # drop the class token
     return out
+
+
+def fixed_sincos_pos_(vit: Any, grid: int, who: str) -> None:
+    """Write MAE's fixed 2-D sine-cosine embedding (class token slot zero) into the ViT's
+    ``pos_embed`` ``[1, 1 + grid^2, D]`` and freeze it (models_mae.py: ``requires_grad=False``).
+
+    Raises:
+        ConfigError: naming ``who`` when ``pos_embed`` does not cover the class token and the grid.
+    """
+    pos = vit.pos_embed
+    if pos.shape[1] != grid * grid + 1:
+        raise ConfigError(f"{who}: the ViT's position embedding must cover the class token and "
+                          f"{grid * grid} patches, got {tuple(pos.shape)}")
+    with torch.no_grad():
+        pos.copy_(sincos_2d(pos.shape[-1], grid, cls_token=True).unsqueeze(0))
+    pos.requires_grad_(False)
+
+
+@torch.no_grad()
+def mae_encoder_init_(vit: Any) -> None:
+    """models_mae.py ``initialize_weights``' encoder part: the patch projection Xavier uniform as
+    a linear layer, the class token normal(0.02)."""
+    proj = vit.patch_embed.proj
+    nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+    nn.init.normal_(vit.cls_token, std=0.02)
 
 
 @torch.no_grad()
