@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.types import ConfigError, DataError
@@ -115,7 +116,10 @@ class VectorQuantizer(nn.Module):
     """A ``K x D`` codebook trained by the codebook loss (VQ-VAE sec. 3.2).
 
     The codebook is initialised uniformly in ``[-1/K, 1/K]``, as the common PyTorch ports of the
-    authors' Sonnet module.
+    authors' Sonnet module. With ``normalize``, encoder outputs and codes are l2-normalised
+    before the lookup, the losses and the decoder (ViT-VQGAN, Yu et al. 2022, sec. 3.2, and
+    BEiT v2's tokenizer): the nearest code is the most cosine-similar one, and the codes start
+    spread over the sphere instead of in a tiny ball where a few of them win every lookup.
 
     Attributes:
         codebook: ``nn.Embedding(K, D)``; its weight ``[K, D]`` holds the code vectors.
@@ -124,19 +128,25 @@ class VectorQuantizer(nn.Module):
         ConfigError: for ``num_codes < 2`` or ``dim < 1``.
     """
 
-    def __init__(self, num_codes: int, dim: int) -> None:
+    def __init__(self, num_codes: int, dim: int, normalize: bool = False) -> None:
         super().__init__()
         if num_codes < 2 or dim < 1:
             raise ConfigError(f"method_args.codebook_size must be >= 2 and method_args.code_dim "
                               f">= 1, got {num_codes} and {dim}")
-        self.num_codes, self.dim = num_codes, dim
+        self.num_codes, self.dim, self.normalize = num_codes, dim, normalize
         self.codebook = nn.Embedding(num_codes, dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / num_codes, 1.0 / num_codes)
+
+    def codes(self) -> Tensor:
+        """The ``[K, D]`` code vectors as used (l2-normalised with ``normalize``)."""
+        w = self.codebook.weight
+        return F.normalize(w, dim=-1) if self.normalize else w
 
     def lookup(self, z_e: Tensor) -> Tensor:
         """``[..., D]`` -> ``[...]`` int64 nearest code ids (no gradient)."""
         with torch.no_grad():
-            ids = nearest_codes(z_e.reshape(-1, self.dim), self.codebook.weight)
+            z = F.normalize(z_e, dim=-1) if self.normalize else z_e
+            ids = nearest_codes(z.reshape(-1, self.dim), self.codes())
         return ids.reshape(z_e.shape[:-1])
 
     def forward(self, z_e: Tensor) -> VQOutput:
@@ -144,7 +154,9 @@ class VectorQuantizer(nn.Module):
         if z_e.shape[-1] != self.dim:
             raise DataError(f"VectorQuantizer expects [..., {self.dim}], got {tuple(z_e.shape)}")
         ids = self.lookup(z_e)
-        z_q = self.codebook(ids).to(z_e.dtype)  # [..., D], gradient reaches the codebook
+        if self.normalize:
+            z_e = F.normalize(z_e, dim=-1)
+        z_q = self.codes()[ids].to(z_e.dtype)  # [..., D], gradient reaches the codebook
         codebook_loss, commitment_loss = vq_losses(z_e, z_q)
         perplexity, usage = code_usage(ids, self.num_codes)
         return VQOutput(straight_through(z_e, z_q), ids, codebook_loss, commitment_loss,
