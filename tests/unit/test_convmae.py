@@ -164,9 +164,9 @@ def test_bad_backbones_configs_and_batches_give_one_line_errors() -> None:
         _convmae(decoder_dim=30, decoder_heads=4)
     m = _convmae()
     with pytest.raises(DataError, match=r"convmae expects views \[B, 2, 16, 16\]"):
-        m.training_step(Batch(views=[torch.randn(2, C, 32, 32)], index=None, labels=None))
+        m.training_step(Batch(views=[torch.randn(2, C, 32, 32)], index=torch.arange(2), labels=None))
     bad = _masks(m, 3)
     masks = {"keep": bad.keep, "mask": bad.mask, "ids_restore": bad.ids_restore}
     with pytest.raises(DataError, match="batch.masks do not fit 2 images"):
-        m.training_step(Batch(views=[torch.randn(2, C, 16, 16)], index=None, labels=None,
+        m.training_step(Batch(views=[torch.randn(2, C, 16, 16)], index=torch.arange(2), labels=None,
                               masks=masks))

@@ -33,6 +33,7 @@ def test_default_strides_give_the_paper_grid_or_a_small_image_grid(
 
 def test_stages_run_at_one_quarter_one_eighth_one_sixteenth_at_224_px() -> None:
     m = create_backbone("convvit_tiny", in_chans=3, image_size=224, depth=1, conv_depth=1)
+    assert isinstance(m, ConvViT)
     with torch.no_grad():
         s1, s2, tokens = m.conv_stages(torch.randn(1, 3, 224, 224))
     assert s1.shape == (1, 64, 56, 56) and s2.shape == (1, 128, 28, 28)
