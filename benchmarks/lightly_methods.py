@@ -27,6 +27,7 @@ from typing import Any
 
 import common
 import lightly_common
+import lightly_mim
 import method_common
 import numpy as np
 from lightly_common import Recipe, lightly_view_kwargs, normalize_arg
@@ -388,6 +389,7 @@ BUILDERS: dict[str, Callable[[MethodSetting, np.ndarray, Any], Recipe]] = {
     "simclr": build_simclr, "simclr_v2": build_simclr_v2, "moco_v2": build_moco_v2, "byol": build_byol,
     "simsiam": build_simsiam, "dino": build_dino, "swav": build_swav,
     "barlow_twins": build_barlow_twins, "vicreg": build_vicreg,
+    **lightly_mim.BUILDERS,
 }
 
 

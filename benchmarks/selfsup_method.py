@@ -45,12 +45,14 @@ def run_config(s: Setting, out: str) -> RunConfig:
         method_args = {"temperature": s.temperature, "proj_hidden_dim": s.proj_hidden_dim,
                        "proj_out_dim": s.proj_out_dim}
     kwargs = dict(s.backbone_kwargs)
-    cifar_stem = kwargs.pop("cifar_stem", None)  # a BackboneConfig field of its own
+    cifar_stem = kwargs.pop("cifar_stem", None)  # BackboneConfig fields of their own
+    patch_size = kwargs.pop("patch_size", None)
     return RunConfig(
         method=method,
         recipe=recipe,  # pinned: `auto` would pick the small recipe on these 28/32-px sets
         method_args=method_args,
-        backbone=BackboneConfig(name=s.backbone, cifar_stem=cifar_stem, kwargs=kwargs),
+        backbone=BackboneConfig(name=s.backbone, cifar_stem=cifar_stem, patch_size=patch_size,
+                                kwargs=kwargs),
         data=DataConfig(path=str(s.path), limit=s.limit),
         train=TrainConfig(epochs=s.epochs, steps=s.steps, batch_size=s.batch_size, out=out,
                           seed=s.seed, device="cpu", progress=False,
