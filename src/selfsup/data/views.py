@@ -392,6 +392,22 @@ def ijepa_views(image_size: int) -> list[ViewConfig]:
 
 @registry.register(
     "preset",
+    "maskfeat",
+    description="one view: random resized crop 0.5-1 and horizontal flip, no colour distortion",
+    reference="Wei et al. 2022, MaskFeat, configs/masked_ssl/in1k_VIT_B_MaskFeat_PT.yaml",
+)
+def maskfeat_views(image_size: int) -> list[ViewConfig]:
+    """MaskFeat image pre-training (facebookresearch/SlowFast
+    ``configs/masked_ssl/in1k_VIT_B_MaskFeat_PT.yaml``: ``TRAIN_JITTER_SCALES_RELATIVE: [0.5,
+    1.0]``, ``TRAIN_JITTER_ASPECT_RELATIVE: [0.75, 1.3333]``, ``COLOR_JITTER: None``, through
+    ``transforms_imagenet_train`` with its horizontal flip): one view per image, no colour
+    jitter, grayscale nor blur. The view has the image's size."""
+    return [ViewConfig(n=1, size=image_size, scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0,
+                       blur_p=0.0)]
+
+
+@registry.register(
+    "preset",
     "beit",
     description="one view: colour jitter 0.4 (always), horizontal flip, random resized crop "
     "0.08-1",
@@ -406,22 +422,6 @@ def beit_views(image_size: int) -> list[ViewConfig]:
     jitters before cropping; here after (the batched pipeline's order)."""
     return [ViewConfig(n=1, size=image_size, scale=(0.08, 1.0), jitter_p=1.0, brightness=0.4,
                        contrast=0.4, saturation=0.4, hue=0.0, grayscale_p=0.0, blur_p=0.0)]
-
-
-@registry.register(
-    "preset",
-    "maskfeat",
-    description="one view: random resized crop 0.5-1 and horizontal flip, no colour distortion",
-    reference="Wei et al. 2022, MaskFeat, configs/masked_ssl/in1k_VIT_B_MaskFeat_PT.yaml",
-)
-def maskfeat_views(image_size: int) -> list[ViewConfig]:
-    """MaskFeat image pre-training (facebookresearch/SlowFast
-    ``configs/masked_ssl/in1k_VIT_B_MaskFeat_PT.yaml``: ``TRAIN_JITTER_SCALES_RELATIVE: [0.5,
-    1.0]``, ``TRAIN_JITTER_ASPECT_RELATIVE: [0.75, 1.3333]``, ``COLOR_JITTER: None``, through
-    ``transforms_imagenet_train`` with its horizontal flip): one view per image, no colour
-    jitter, grayscale nor blur. The view has the image's size."""
-    return [ViewConfig(n=1, size=image_size, scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0,
-                       blur_p=0.0)]
 
 
 @registry.register(

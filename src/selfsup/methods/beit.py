@@ -238,7 +238,8 @@ class BEiT(Method):
 
     def _check_grid(self) -> None:
         """One probe: the tokenizer must give one integer id per ViT patch."""
-        x = torch.zeros(1, self.in_chans, self.image_size, self.image_size)
+        where = next(iter(self.tokenizer.parameters()), torch.zeros(())).device
+        x = torch.zeros(1, self.in_chans, self.image_size, self.image_size, device=where)
         try:
             self.tokenize(x)
         except ConfigError:
@@ -261,7 +262,7 @@ class BEiT(Method):
         Raises:
             ConfigError: if the ids are not integers with one per ViT patch.
         """
-        t = x * self.tok_scale.to(x.dtype) + self.tok_shift.to(x.dtype)
+        t = x * self.tok_scale.to(x) + self.tok_shift.to(x)
         if t.shape[-1] != self.tok_size:
             t = F.interpolate(t, size=(self.tok_size, self.tok_size), mode="bilinear",
                               align_corners=False, antialias=True)
