@@ -53,6 +53,11 @@ CPU_OVERRIDES: dict[str, dict[str, Any]] = {
     # about 20 s per step on 2 cores. Targets must share no pixel with the context, so on the
     # 3-row grid only row 0 -> row 2 is left: one prediction step
     "cpc_v2": {"patch_size": 14, "patch_stride": 7, "prediction_steps": 1},
+    # masked modeling on CPU (docs/methods/masked.md, the learning tests' sizes): MAE's paper
+    # decoder (512 wide, 8 blocks) costs ~23 s per step of 256 CIFAR images on 2 cores (11
+    # images/s), 128 wide / 2 blocks ~10x less; I-JEPA's predictor 96 wide / 2 blocks
+    "mae": {"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
+    "ijepa": {"pred_dim": 96, "pred_depth": 2},
 }
 
 

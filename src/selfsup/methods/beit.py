@@ -33,7 +33,9 @@ Bao et al. 2022, "BEiT: BERT Pre-Training of Image Transformers". Reference code
 - Tokenizer state: the tokenizer is a frozen submodule (``requires_grad=False``, always in eval
   mode, called under ``no_grad``); its weights are part of ``state_dict()``, so a checkpoint
   holds the exact labeller it was trained with and ``--resume`` is exact even if the tokenizer
-  file changes. The optimiser never sees it.
+  file was retrained since: the method is rebuilt from the file (which must still exist, with the
+  same architecture) and the checkpoint's tokenizer weights then replace the file's. The
+  optimiser never sees it.
 
 Departures: the tokenizer sees the same view as the ViT (resized bilinearly to the tokenizer's
 own image size if that differs), not BEiT's second, 112-px view of the same crop
