@@ -50,7 +50,7 @@ def test_loss_is_the_weighted_sum_over_decoders_of_raw_intermediate_tokens() -> 
     ref = [mae_loss(d(z, ms["ids_restore"]), target, ms["mask"])
            for d, z in zip(m.decoders, latents, strict=True)]
     for layer, r in zip(m.layers, ref, strict=True):
-        assert out.logs[f"loss_l{layer}"] == pytest.approx(r.item(), rel=1e-5)
+        assert float(out.logs[f"loss_l{layer}"]) == pytest.approx(r.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx((ref[0] + 0.5 * ref[1] + 2.0 * ref[2]).item(),
                                             rel=1e-5)
     # normalising the intermediate tokens too (a plausible slip) changes the loss

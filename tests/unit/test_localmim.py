@@ -85,7 +85,7 @@ def test_loss_is_the_weighted_sum_of_masked_region_losses() -> None:
     masks = multiscale_masks(ms["mask"], 4, [4.0, 2.0, 1.0, 0.5])
     _, parts = localmim_loss(preds, m.targets(x), masks)
     for s, p in zip(["4", "2", "1", "0.5"], parts, strict=True):
-        assert out.logs[f"loss_s{s}"] == pytest.approx(p.item(), rel=1e-5)
+        assert float(out.logs[f"loss_s{s}"]) == pytest.approx(p.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(sum(wi * p.item() for wi, p in zip(w, parts)),
                                             rel=1e-5)
     full = dict(ms, mask=torch.ones_like(ms["mask"]))  # scoring visible regions too differs

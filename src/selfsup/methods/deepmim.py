@@ -190,7 +190,7 @@ class DeepMIM(Method):
         preds = [dec(z, restore) for dec, z in zip(self.decoders, latents, strict=True)]
         loss, parts = deep_supervision_loss(preds, patchify(x, self.patch), mask,
                                             self.cfg.weights, self.cfg.norm_pix_loss)
-        logs = {f"loss_l{i}": float(p.detach()) for i, p in zip(self.layers, parts, strict=True)}
+        logs = {f"loss_l{i}": p.detach() for i, p in zip(self.layers, parts, strict=True)}
         return StepOutput(loss=loss, logs={**logs, "visible": float(keep.shape[1])},
                           embeddings=latents[-1][:, 1:].mean(dim=1).detach())
 

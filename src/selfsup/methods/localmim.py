@@ -291,7 +291,7 @@ class LocalMIM(Method):
                  for z, dec, head in zip(latents, self.decoders, self.heads, strict=True)]
         masks = multiscale_masks(mask, self.grid, self.scales)
         loss, parts = localmim_loss(preds, self.targets(x), masks, self.cfg.weights)
-        logs = {f"loss_s{s:g}": float(p.detach()) for s, p in zip(self.scales, parts, strict=True)}
+        logs = {f"loss_s{s:g}": p.detach() for s, p in zip(self.scales, parts, strict=True)}
         last = latents[self.layers.index(self.depth)]  # the final normalised tokens
         return StepOutput(loss=loss, logs={**logs, "visible": float(keep.shape[1])},
                           embeddings=last[:, 1:].mean(dim=1).detach())
