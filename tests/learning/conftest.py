@@ -121,6 +121,28 @@ def knn_eval():
     return knn_rows
 
 
+def digits_pretrain(out: Path, method: str, backbone: BackboneConfig, steps: int,
+                    batch_size: int, overrides: Sequence[str] = (),
+                    **run: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Pretrain ``method`` on 16-px digits (paper recipe, seed 0, a metrics row every 10 steps)
+    into ``out``: ``(PretrainResult, metrics.jsonl rows)``; ``run`` sets other RunConfig fields
+    (e.g. ``method_args``)."""
+    cfg = RunConfig(method=method, recipe="paper", backbone=backbone,
+                    data=DataConfig(path="digits", image_size=16),
+                    train=TrainConfig(steps=steps, batch_size=batch_size, out=str(out),
+                                      progress=False, tensorboard=False, log_every=10, seed=0),
+                    **run)
+    res = pretrain(apply_overrides(cfg, list(overrides)))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return res, rows
+
+
+@pytest.fixture
+def digits_run():
+    """:func:`digits_pretrain`, for the masked-modeling tests that train outside :func:`learn`."""
+    return digits_pretrain
+
+
 @pytest.fixture
 def raw_pixel_few_labels():
     """:func:`raw_pixel_linear_few_labels`, for the few-label (fine-tuning) test."""

@@ -13,31 +13,23 @@ random init 33.15 vs raw pixels 94.99 (CLS token, the ViT's default pooling).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selfsup.config import BackboneConfig, DataConfig, RunConfig, TrainConfig, apply_overrides
-from selfsup.engine.trainer import pretrain
+from selfsup.config import BackboneConfig
 
+VIT4 = BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 4})
 MAE_CPU = ["method_args.decoder_dim=128", "method_args.decoder_depth=2",
            "method_args.decoder_heads=4", "optim.lr=1.5e-3", "optim.warmup_epochs=1"]
 
 
-def test_mae_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, knn_eval) -> None:
-    cfg = RunConfig(
-        method="mae", recipe="paper",
-        backbone=BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 4}),
-        data=DataConfig(path="digits", image_size=16),
-        train=TrainConfig(steps=150, batch_size=128, out=str(tmp_path / "mae"), progress=False,
-                          tensorboard=False, log_every=10, seed=0),
-    )
-    res = pretrain(apply_overrides(cfg, MAE_CPU))
-    losses = [json.loads(line)["loss"] for line in
-              (tmp_path / "mae" / "metrics.jsonl").read_text().splitlines()]
+def test_mae_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, knn_eval,
+                                             digits_run) -> None:
+    res, rows = digits_run(tmp_path / "mae", "mae", VIT4, 150, 128, MAE_CPU)
+    losses = [row["loss"] for row in rows]
     r = knn_eval(res.checkpoint)
     learning_log("mae", r["trained"], r["random"], r["raw"], dataset="digits 16 px",
                  steps=res.step, pretrain_s=round(res.seconds, 1),
@@ -56,7 +48,7 @@ DEEPMIM_CPU = ["method_args.decoder_dim=128", "method_args.decoder_depth=1",
 
 
 def test_deepmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log,
-                                                  knn_eval) -> None:
+                                                  knn_eval, digits_run) -> None:
     """DeepMIM (Ren et al. 2023) on 16-px digits: 4-block ``vit_tiny``, 4-px patches, decoders
     on blocks 2, 3, 4 (the reference's 6, 8, 10, 12 of 12 scaled), normalised-pixel targets,
     losses summed. CPU scaling: decoders 128 wide, 1 block, 4 heads (paper 512 / 4 / 16), lr
@@ -66,16 +58,7 @@ def test_deepmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log,
     pre-training, ~63 s for the test): loss 2.905 -> 2.088 (three MAE losses summed); kNN
     trained 50.70 vs random init 33.15 vs raw pixels 94.99.
     """
-    cfg = RunConfig(
-        method="deepmim", recipe="paper",
-        backbone=BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 4}),
-        data=DataConfig(path="digits", image_size=16),
-        train=TrainConfig(steps=80, batch_size=128, out=str(tmp_path / "deepmim"),
-                          progress=False, tensorboard=False, log_every=10, seed=0),
-    )
-    res = pretrain(apply_overrides(cfg, DEEPMIM_CPU))
-    rows = [json.loads(line) for line in
-            (tmp_path / "deepmim" / "metrics.jsonl").read_text().splitlines()]
+    res, rows = digits_run(tmp_path / "deepmim", "deepmim", VIT4, 80, 128, DEEPMIM_CPU)
     losses = [row["loss"] for row in rows]
     r = knn_eval(res.checkpoint)
     learning_log("deepmim", r["trained"], r["random"], r["raw"], dataset="digits 16 px",
@@ -93,7 +76,7 @@ LOCALMIM_CPU = ["method_args.decoder_dim=64", "method_args.decoder_heads=4",
 
 
 def test_localmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log,
-                                                   knn_eval) -> None:
+                                                   knn_eval, digits_run) -> None:
     """LocalMIM (Wang et al. 2023) on 16-px digits: 4-block ``vit_tiny``, 4-px patches, scales
     4, 2, 1, 0.5 on blocks 1, 2, 4, 4 (the reference's 2, 4, 10, 12 of 12 scaled), HOG of 1, 2,
     4 and 8-px regions, 9 bins, 1 channel. CPU scaling: decoders 64 wide, 1 block, 4 heads
@@ -104,16 +87,7 @@ def test_localmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log,
     pre-training, ~63 s for the test): loss 0.367 -> 0.269 (every scale falls); kNN trained
     63.51 vs random init 33.15 vs raw pixels 94.99.
     """
-    cfg = RunConfig(
-        method="localmim", recipe="paper",
-        backbone=BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 4}),
-        data=DataConfig(path="digits", image_size=16),
-        train=TrainConfig(steps=80, batch_size=128, out=str(tmp_path / "localmim"),
-                          progress=False, tensorboard=False, log_every=10, seed=0),
-    )
-    res = pretrain(apply_overrides(cfg, LOCALMIM_CPU))
-    rows = [json.loads(line) for line in
-            (tmp_path / "localmim" / "metrics.jsonl").read_text().splitlines()]
+    res, rows = digits_run(tmp_path / "localmim", "localmim", VIT4, 80, 128, LOCALMIM_CPU)
     losses = [row["loss"] for row in rows]
     r = knn_eval(res.checkpoint)
     learning_log("localmim", r["trained"], r["random"], r["raw"], dataset="digits 16 px",
@@ -134,7 +108,7 @@ MASKFEAT_CPU = ["optim.lr=3e-3", "optim.warmup_epochs=1", "view_args.hflip_p=0",
 
 
 def test_maskfeat_loss_falls_and_beats_random_init(tmp_path: Path, learning_log,
-                                                   knn_eval) -> None:
+                                                   knn_eval, digits_run) -> None:
     """MaskFeat (Wei et al. 2022) on 16-px digits: 4-block ``vit_tiny``, 4-px patches (a 4 x 4
     grid, 6 patches masked in BEiT blocks), HOG of one 4-px cell per patch, 9 bins, 1 channel:
     9 values per patch; 100 steps of batch 64.
@@ -142,16 +116,9 @@ def test_maskfeat_loss_falls_and_beats_random_init(tmp_path: Path, learning_log,
     Measured (one run, 2 cores shared with 4 other trainings, 139 CPU-s in all): loss 0.072 ->
     0.060; kNN trained 40.11 vs random init 35.38 vs raw pixels 94.99 (mean patch token).
     """
-    cfg = RunConfig(
-        method="maskfeat", recipe="paper",
-        backbone=BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 4}),
-        data=DataConfig(path="digits", image_size=16),
-        train=TrainConfig(steps=100, batch_size=64, out=str(tmp_path / "maskfeat"),
-                          progress=False, tensorboard=False, log_every=10, seed=0),
-    )
-    res = pretrain(apply_overrides(cfg, MASKFEAT_CPU))
-    losses = [json.loads(line)["loss"] for line in
-              (tmp_path / "maskfeat" / "metrics.jsonl").read_text().splitlines()]
+    res, rows = digits_run(tmp_path / "maskfeat", "maskfeat", VIT4, 100, 64,
+                           MASKFEAT_CPU)
+    losses = [row["loss"] for row in rows]
     r = knn_eval(res.checkpoint)
     learning_log("maskfeat", r["trained"], r["random"], r["raw"], dataset="digits 16 px",
                  steps=res.step, pretrain_s=round(res.seconds, 1),
@@ -174,7 +141,7 @@ IBOT_CPU = ["views=byol", "view_args.scale=[0.25, 1.0]", "view_args.hflip_p=0",
 
 
 def test_ibot_patch_loss_falls_and_beats_random_init(tmp_path: Path, learning_log,
-                                                     knn_eval) -> None:
+                                                     knn_eval, digits_run) -> None:
     """iBOT (Zhou et al. 2022) on 16-px digits: 4-block ``vit_tiny``, 4-px patches (a 4 x 4
     grid; half the global crops masked at 10-50% in blocks), 100 steps of batch 32, settings
     in ``IBOT_CPU``; paper momentum 0.996, last layer frozen for the first epoch (45 steps).
@@ -184,16 +151,8 @@ def test_ibot_patch_loss_falls_and_beats_random_init(tmp_path: Path, learning_lo
     targets are the moving teacher's, so it falls slowly; lowest 1.921), [CLS] loss near
     log 256; kNN trained 41.23 vs random init 33.15 vs raw pixels 94.99 ([CLS] token).
     """
-    cfg = RunConfig(
-        method="ibot", recipe="paper",
-        backbone=BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 4}),
-        data=DataConfig(path="digits", image_size=16),
-        train=TrainConfig(steps=100, batch_size=32, out=str(tmp_path / "ibot"), progress=False,
-                          tensorboard=False, log_every=10, seed=0),
-    )
-    res = pretrain(apply_overrides(cfg, IBOT_CPU))
-    patch = [json.loads(line)["patch"] for line in
-             (tmp_path / "ibot" / "metrics.jsonl").read_text().splitlines()]
+    res, rows = digits_run(tmp_path / "ibot", "ibot", VIT4, 100, 32, IBOT_CPU)
+    patch = [row["patch"] for row in rows]
     r = knn_eval(res.checkpoint)
     learning_log("ibot", r["trained"], r["random"], r["raw"], dataset="digits 16 px",
                  steps=res.step, pretrain_s=round(res.seconds, 1),
@@ -214,7 +173,7 @@ VQ_TOKENIZER_CPU = ["method_args.codebook_size=32", "method_args.code_dim=8",
 
 
 def test_beit_tokenizer_then_masked_tokens_beat_random_init(tmp_path: Path, learning_log,
-                                                            knn_eval) -> None:
+                                                            knn_eval, digits_run) -> None:
     """BEiT (Bao et al. 2022) after its tokenizer stage, on 16-px digits with 4-px patches (a
     4 x 4 grid, 6 patches masked in blocks of >= 1): ``vq_tokenizer`` trains, then ``beit``
     loads its ``last.pt`` and predicts its ids of the masked patches.
@@ -230,30 +189,20 @@ def test_beit_tokenizer_then_masked_tokens_beat_random_init(tmp_path: Path, lear
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _beit_run(tmp_path, learning_log, knn_eval)
+        _beit_run(tmp_path, learning_log, knn_eval, digits_run)
     finally:
         torch.set_num_threads(threads)
 
 
-def _beit_run(tmp_path: Path, learning_log: Any, knn_eval: Any) -> None:
-    common: dict[str, Any] = {"recipe": "paper",
-                              "data": DataConfig(path="digits", image_size=16)}
-    tok_cfg = RunConfig(
-        method="vq_tokenizer",
-        backbone=BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 2}),
-        train=TrainConfig(steps=40, batch_size=128, out=str(tmp_path / "tok"), progress=False,
-                          tensorboard=False, log_every=10, seed=0), **common)
-    tok = pretrain(apply_overrides(tok_cfg, [*BEIT_VIEWS, *VQ_TOKENIZER_CPU]))
-    cfg = RunConfig(
-        method="beit", method_args={"tokenizer": str(tok.checkpoint)},
-        backbone=BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 4}),
-        train=TrainConfig(steps=80, batch_size=128, out=str(tmp_path / "beit"), progress=False,
-                          tensorboard=False, log_every=10, seed=0), **common)
-    res = pretrain(apply_overrides(cfg, [*BEIT_VIEWS, "optim.lr=1.5e-3"]))
-    tok_log = [json.loads(line) for line in
-               (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
-    losses = [json.loads(line)["loss"] for line in
-              (tmp_path / "beit" / "metrics.jsonl").read_text().splitlines()]
+def _beit_run(tmp_path: Path, learning_log: Any, knn_eval: Any, digits_run: Any) -> None:
+    tok, tok_log = digits_run(
+        tmp_path / "tok", "vq_tokenizer",
+        BackboneConfig(name="vit_tiny", patch_size=4, kwargs={"depth": 2}), 40, 128,
+        [*BEIT_VIEWS, *VQ_TOKENIZER_CPU])
+    res, rows = digits_run(tmp_path / "beit", "beit", VIT4, 80, 128,
+                           [*BEIT_VIEWS, "optim.lr=1.5e-3"],
+                           method_args={"tokenizer": str(tok.checkpoint)})
+    losses = [row["loss"] for row in rows]
     r = knn_eval(res.checkpoint)
     recon = [rec["recon"] for rec in tok_log]
     learning_log("beit", r["trained"], r["random"], r["raw"], dataset="digits 16 px",

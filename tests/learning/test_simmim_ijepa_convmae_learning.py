@@ -1,5 +1,5 @@
-"""SimMIM, I-JEPA and ConvMAE on real data (issue 11): scikit-learn's digits at 16 px, shallow encoders
-(``vit_tiny`` / ``convvit_tiny``), the learning protocol's kNN (trained vs random init vs raw
+"""SimMIM, I-JEPA and ConvMAE on real data (issue 11): scikit-learn's digits at 16 px,
+shallow encoders (``vit_tiny`` / ``convvit_tiny``), the learning protocol's kNN (trained vs random init vs raw
 pixels), features as each method evaluates them (SimMIM's and I-JEPA's ``eval_pool = "avg"``: the
 mean patch token; ConvMAE: the mean stage-3 token).
 
@@ -10,32 +10,22 @@ papers judge them by fine-tuning).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from selfsup.config import BackboneConfig, DataConfig, RunConfig, TrainConfig, apply_overrides
-from selfsup.engine.trainer import pretrain
+from selfsup.config import BackboneConfig
 
 
-def _run(tmp_path: Path, method: str, steps: int, patch: int, overrides: list[str]):
-    cfg = RunConfig(
-        method=method, recipe="paper",
-        backbone=BackboneConfig(name="vit_tiny", patch_size=patch, kwargs={"depth": 2}),
-        data=DataConfig(path="digits", image_size=16),
-        train=TrainConfig(steps=steps, batch_size=128, out=str(tmp_path / method),
-                          progress=False, tensorboard=False, log_every=10, seed=0),
-    )
-    res = pretrain(apply_overrides(cfg, overrides))
-    rows = [json.loads(line) for line in
-            (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
-    return res, rows
+def _vit2(patch: int) -> BackboneConfig:
+    return BackboneConfig(name="vit_tiny", patch_size=patch, kwargs={"depth": 2})
 
 
-def test_simmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, knn_eval) -> None:
+def test_simmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, knn_eval,
+                                                digits_run) -> None:
     """Measured (one run, 2 cores shared with other jobs, 122 s): L1 0.879 -> 0.516; kNN trained
     39.83 vs random init 33.43 vs raw pixels 94.99 (150 steps gave only 35.38: the margin
     needs the 300)."""
-    res, rows = _run(tmp_path, "simmim", 300, 4, ["optim.lr=3e-3", "optim.warmup_epochs=1"])
+    res, rows = digits_run(tmp_path / "simmim", "simmim", _vit2(4), 300, 128,
+                           ["optim.lr=3e-3", "optim.warmup_epochs=1"])
     losses = [r["loss"] for r in rows]
     r = knn_eval(res.checkpoint)
     learning_log("simmim", r["trained"], r["random"], r["raw"], dataset="digits 16 px",
@@ -48,7 +38,8 @@ def test_simmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, k
     assert r["trained"] > r["random"] + 3.0, r  # measured +6.4
 
 
-def test_ijepa_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, knn_eval) -> None:
+def test_ijepa_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, knn_eval,
+                                               digits_run) -> None:
     """I-JEPA on 2-px patches (an 8 x 8 grid, so that 4 target blocks of 15-20% and a context
     block exist; ``min_keep`` scaled to 3), 2-block ``vit_tiny``, predictor 96 wide / 2 blocks,
     AdamW 5e-4, 300 steps of 128, one warm-up epoch, the paper's momentum 0.996 -> 1.
@@ -59,7 +50,7 @@ def test_ijepa_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, kn
     33.43; 4-px patches at lr 1e-3 collapse (loss 0.364 -> 0.019 while kNN stays at 34.5, effective
     rank 2.4): a falling loss alone does not show that I-JEPA learns, the kNN margin does.
     """
-    res, rows = _run(tmp_path, "ijepa", 300, 2, [
+    res, rows = digits_run(tmp_path / "ijepa", "ijepa", _vit2(2), 300, 128, [
         "optim.lr=5e-4", "optim.warmup_epochs=1", "method_args.pred_dim=96",
         "method_args.pred_depth=2"])
     losses = [r["loss"] for r in rows]
@@ -74,7 +65,7 @@ def test_ijepa_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, kn
 
 
 def test_convmae_loss_falls_and_encoder_is_not_broken(tmp_path: Path, learning_log,
-                                                      knn_eval) -> None:
+                                                      knn_eval, digits_run) -> None:
     """ConvMAE (Gao et al. 2022) on 16-px digits: ``convvit_tiny`` with 4 transformer blocks
     (strides (1, 2, 2): a 4 x 4 grid of 4-px patches, conv stages at 16 x 16 and 8 x 8), decoder
     128 wide / 2 blocks / 4 heads, AdamW 1.5e-3, 120 steps of 128, crop 0.3-1, no flip.
@@ -93,7 +84,11 @@ def test_convmae_loss_falls_and_encoder_is_not_broken(tmp_path: Path, learning_l
     and the trained encoder's features still separate the digits far above chance (10%; a
     collapsed encoder gives ~10).
     """
-    res, rows = _run_convmae(tmp_path)
+    res, rows = digits_run(
+        tmp_path / "convmae", "convmae", BackboneConfig(name="convvit_tiny", kwargs={"depth": 4}),
+        120, 128, ["method_args.decoder_dim=128", "method_args.decoder_depth=2",
+                   "method_args.decoder_heads=4", "optim.lr=1.5e-3", "optim.warmup_epochs=1",
+                   "view_args.hflip_p=0", "view_args.scale=[0.3, 1.0]"])
     losses = [r["loss"] for r in rows]
     r = knn_eval(res.checkpoint)
     learning_log("convmae", r["trained"], r["random"], r["raw"], dataset="digits 16 px",
@@ -101,20 +96,3 @@ def test_convmae_loss_falls_and_encoder_is_not_broken(tmp_path: Path, learning_l
                  loss_first=round(losses[0], 3), loss_last=round(losses[-1], 3))
     assert losses[-1] < 0.85 * losses[0], losses  # measured 0.763
     assert r["trained"] > 25.0, r
-
-
-def _run_convmae(tmp_path: Path):
-    cfg = RunConfig(
-        method="convmae", recipe="paper",
-        backbone=BackboneConfig(name="convvit_tiny", kwargs={"depth": 4}),
-        data=DataConfig(path="digits", image_size=16),
-        train=TrainConfig(steps=120, batch_size=128, out=str(tmp_path / "convmae"),
-                          progress=False, tensorboard=False, log_every=10, seed=0),
-    )
-    res = pretrain(apply_overrides(cfg, [
-        "method_args.decoder_dim=128", "method_args.decoder_depth=2",
-        "method_args.decoder_heads=4", "optim.lr=1.5e-3", "optim.warmup_epochs=1",
-        "view_args.hflip_p=0", "view_args.scale=[0.3, 1.0]"]))
-    rows = [json.loads(line) for line in
-            (tmp_path / "convmae" / "metrics.jsonl").read_text().splitlines()]
-    return res, rows
