@@ -70,6 +70,20 @@ def load_arrays(s: Setting) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), np.asarray(y)
 
 
+def multicrop_kwargs(groups: list[ViewConfig]) -> tuple[ViewConfig, ViewConfig,
+                                                        ViewConfig | None, dict[str, Any]]:
+    """``(global 1, global 2, local group or None, the local-crop keyword arguments of lightly's
+    DINO-style transforms)`` of a multi-crop preset's view groups (two global crops only for the
+    small recipes: ``n_local_views=0``)."""
+    g1, g2 = groups[:2]
+    loc = groups[2] if len(groups) > 2 else None
+    local: dict[str, Any] = {"n_local_views": 0}
+    if loc is not None:
+        local = {"local_crop_size": loc.size, "local_crop_scale": loc.scale,
+                 "n_local_views": loc.n}
+    return g1, g2, loc, local
+
+
 def lightly_view_kwargs(g: ViewConfig) -> dict[str, Any]:
     """Keyword arguments of lightly's single-view transforms (``SimCLRTransform``,
     ``BYOLView1Transform``, ...) equal to selfsup's view group ``g``.

@@ -30,7 +30,7 @@ import lightly_common
 import lightly_mim
 import method_common
 import numpy as np
-from lightly_common import Recipe, lightly_view_kwargs, normalize_arg
+from lightly_common import Recipe, lightly_view_kwargs, multicrop_kwargs, normalize_arg
 from method_common import MethodSetting
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
@@ -233,13 +233,8 @@ def build_dino(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
 
     cfg, size = s.config(), int(x.shape[1])
     groups = s.views(size)
-    g1, g2 = groups[:2]
-    loc = groups[2] if len(groups) > 2 else None  # the small recipe: two global crops only
+    g1, g2, loc, local = multicrop_kwargs(groups)
     kw = lightly_view_kwargs(g1)
-    local: dict[str, Any] = {"n_local_views": 0}
-    if loc is not None:
-        local = {"local_crop_size": loc.size, "local_crop_scale": loc.scale,
-                 "n_local_views": loc.n}
     transform = DINOTransform(
         global_crop_size=size, global_crop_scale=g1.scale, **local, hf_prob=g1.hflip_p,
         cj_prob=g1.jitter_p, cj_strength=1.0, cj_bright=g1.brightness, cj_contrast=g1.contrast,

@@ -21,7 +21,7 @@ import common
 import method_common
 import numpy as np
 import torch
-from lightly_common import Recipe, lightly_view_kwargs, normalize_arg
+from lightly_common import Recipe, lightly_view_kwargs, multicrop_kwargs, normalize_arg
 from method_common import MethodSetting
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
@@ -234,13 +234,8 @@ def build_ibot(s: MethodSetting, x: np.ndarray, norm: Any) -> Recipe:
         raise SystemExit(f"lightly's IBOTTransform makes 2 global crops (selfsup "
                          f"global_crops={cfg.global_crops})")
     groups = s.views(size)
-    g1, g2 = groups[:2]
-    loc = groups[2] if len(groups) > 2 else None
+    g1, g2, loc, local = multicrop_kwargs(groups)
     sigmas = lightly_view_kwargs(g1)["sigmas"]
-    local: dict[str, Any] = {"n_local_views": 0}
-    if loc is not None:
-        local = {"local_crop_size": loc.size, "local_crop_scale": loc.scale,
-                 "n_local_views": loc.n}
     # IBOTTransform's second global view keeps the default cj_strength 0.5 whatever is passed,
     # so every view gets 0.5 x (twice selfsup's values): selfsup's jitter on all of them
     transform = IBOTTransform(
