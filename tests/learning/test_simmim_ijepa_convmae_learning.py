@@ -73,9 +73,9 @@ def test_convmae_loss_falls_and_encoder_is_not_broken(tmp_path: Path, learning_l
     Measured in this test (idle 2-core machine, seed 0, 49 s of training): normalised-pixel
     loss 0.904 -> 0.690, kNN trained 46.80 vs random init 57.94 vs raw pixels 94.99. Probes:
     150 steps: normalised-pixel loss
-    0.907 -> 0.679, kNN trained 35.65 vs random init 57.94 vs raw pixels 94.99; 300 steps at lr
-    3e-3: 0.893 -> 0.618, kNN 40.67 vs 57.94, linear probe 91.64 vs 93.87 vs 95.54; fine-tuning
-    on 10% of the labels (30 epochs) 28.1 vs 42.6. The random ConvViT's convolution stages are
+    0.907 -> 0.679, kNN trained 35.65 vs random init 57.94 vs raw pixels 94.99, and fine-tuning
+    that encoder on 10% of the labels (30 epochs) 28.1 vs 42.6 from random init; 300 steps at lr
+    3e-3: 0.893 -> 0.638, kNN 40.67 vs 57.94, linear probe 91.64 vs 93.87 vs 95.54. The random ConvViT's convolution stages are
     already a strong feature extractor on digits and this budget does not beat them, so the
     paper's claim (better features after pre-training, judged by fine-tuning at ImageNet scale)
     is not asserted here; the README lists it as not shown. What is asserted: the masked
