@@ -231,6 +231,9 @@ def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
 SETTINGS = {
     "mnist": Setting("mnist", "small_cnn", epochs=3),
     "cifar10": Setting("cifar10", "resnet18", {"cifar_stem": True}, steps=30, knn=False),
+    # recipe comparison on colour images within a CPU budget (issue 10 item 18): the MNIST
+    # protocol (small CNN, batch 256, 3 epochs, kNN on all 50k / 10k images) on CIFAR-10
+    "cifar10_cnn": Setting("cifar10", "small_cnn", epochs=3),
     # masked image modeling (issue 11): ViT-tiny (12 blocks, 192 wide) on 4-px patches, an 8 x 8
     # grid; the CPU budget is 100 steps of 256 (half an epoch), kNN on all 50k / 10k images
     "cifar10_vit": Setting("cifar10", "vit_tiny", {"patch_size": 4}, steps=100),
