@@ -161,6 +161,16 @@ def cmd_list(args: argparse.Namespace) -> int:
             "datasets": "dataset"}[args.what]
     items = [{"name": e.name, "description": e.description, "reference": e.reference}
              for e in registry.entries(kind)]
+    if kind == "backbone" and args.all is not None:
+        from fnmatch import fnmatch
+
+        from selfsup.nn.backbones.external import SOURCES, list_external
+
+        pat = args.all if any(c in args.all for c in "*?[") else f"*{args.all}*"
+        items = [i for i in items if fnmatch(i["name"], pat)]
+        for source in SOURCES:
+            items += [{"name": n, "description": f"{source} model, random init",
+                       "reference": ""} for n in list_external(source, args.all)]
     width = max((len(i["name"]) for i in items), default=0)
     lines = [f"{i['name']:<{width}}  {i['description']}" +
              (f"  [{i['reference']}]" if i["reference"] else "") for i in items]
@@ -250,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered methods, backbones, presets, datasets "
                         "or recipes")
     ls.add_argument("what", choices=["methods", "backbones", "presets", "datasets", "recipes"])
+    ls.add_argument("--all", nargs="?", const="", default=None, metavar="PATTERN",
+                    help="backbones: also every timm:NAME and torchvision:NAME model (only names "
+                    "containing PATTERN when given; wildcards * ? allowed)")
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(func=cmd_list)
 

@@ -15,7 +15,10 @@ _OPTIONS: list[tuple[str, str, str, type, str]] = [
     ("--method", "", "method", str, "method name (`selfsup list methods`; default simclr)"),
     ("--data", "data", "path", str, "image folder, .npz/.npy file or built-in name (digits)"),
     ("--split", "data", "split", str, "split of a built-in/npz source: train | test | all"),
-    ("--backbone", "backbone", "name", str, "encoder (`selfsup list backbones`; resnet18)"),
+    ("--backbone", "backbone", "name", str, "encoder: a built-in, timm:NAME, torchvision:NAME "
+     "or python:module:factory (`selfsup list backbones --all`; resnet18)"),
+    ("--init", "backbone", "init", str, "start the backbone from these weights: a state_dict, "
+     "timm/torchvision checkpoint, selfsup export or run checkpoint, .safetensors"),
     ("--epochs", "train", "epochs", int, "training epochs (100)"),
     ("--steps", "train", "steps", int, "cap on optimiser steps; overrides --epochs"),
     ("--batch-size", "train", "batch_size", int, "per-process batch size (256)"),

@@ -80,6 +80,8 @@ class BackboneConfig:
     cifar_stem: bool | None = None  # ResNet: 3x3 stride-1 stem, no max-pool; None = auto (<= 64 px)
     patch_size: int | None = None  # ViT patch size; None = backbone default for the image size
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments
+    init: str | None = None  # start from these weights (state_dict, timm checkpoint, selfsup
+    # export or run checkpoint, .safetensors); None = random init
 
 
 @dataclass

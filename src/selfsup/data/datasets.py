@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from selfsup.data.arrays import (
 )
 from selfsup.data.folder import IMAGE_EXTENSIONS, FolderImages, center_square_resize, open_folder
 from selfsup.data.loader import make_loader
+from selfsup.data.python_data import is_python_data, python_images
 from selfsup.types import ConfigError, DataError
 
 __all__ = [
@@ -277,12 +279,15 @@ def _eurosat_ms(split: str = "train", image_size: int | None = None,
 # ------------------------------------------------------------------ opening
 
 
-def open_dataset(path: str, *, split: str = "train", image_size: int | None = None,
+def open_dataset(path: Any, *, split: str = "train", image_size: int | None = None,
                  strict: bool = False, limit: int | None = None) -> ImageDataset:
-    """Open a folder, an ``.npz``/``.npy`` file or a built-in dataset by name.
+    """Open a folder, an ``.npz``/``.npy`` file or a built-in dataset by name, or take images
+    from Python (:mod:`selfsup.data.python_data`).
 
     Args:
-        path: folder, array file, or a registered dataset name (``selfsup list datasets``).
+        path: folder, array file, or a registered dataset name (``selfsup list datasets``); or
+            an array/tensor of images, ``(images, labels)``, or a ``torch.utils.data.Dataset``
+            (no splits: every ``split`` gives all of it).
         split: ``train``, ``test`` or ``all`` (built-ins and npz files with x_train/x_test).
         image_size: center-crop and resize every image to this square side; None keeps the
             native size (a folder of mixed sizes uses 224).
@@ -298,6 +303,13 @@ def open_dataset(path: str, *, split: str = "train", image_size: int | None = No
     for name, v in (("data.image_size", image_size), ("data.limit", limit)):
         if v is not None and v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v}")
+    if is_python_data(path):
+        images, labels, source = python_images(path, image_size=image_size, limit=limit)
+        return _in_memory(images, labels, None, source, None, image_size, None)
+    if str(path).startswith("python:"):
+        raise DataError(f"data '{path}' was a Python object passed to selfsup.pretrain; pass "
+                        "the data again (selfsup.evaluate(ckpt, data=...)) or a path")
+    path = str(path)
     names = registry.list_names("dataset")
     p = Path(path).expanduser()
     if path in names and "/" not in path and "\\" not in path:

@@ -5,6 +5,8 @@ asks."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from selfsup.config import DataConfig
@@ -59,8 +61,10 @@ def split_labeled(ds: ImageDataset, fraction: float, seed: int) -> ImageDataset:
     return ds.with_labels(torch.where(mask, ds.labels, torch.full_like(ds.labels, -1)))
 
 
-def from_config(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None]:
-    """Open ``cfg.path`` and derive the training set and the held-out monitor set.
+def from_config(cfg: DataConfig, source: Any = None
+                ) -> tuple[ImageDataset, ImageDataset | None]:
+    """Open ``cfg.path`` (or ``source``: data from Python, see
+    :mod:`selfsup.data.python_data`) and derive the training set and the held-out monitor set.
 
     ``limit`` is applied first; then ``val_fraction`` holds out a seeded class-stratified subset
     (keeping all its labels, for the online kNN monitor); then ``labeled_fraction`` strips the
@@ -81,7 +85,7 @@ def from_config(cfg: DataConfig) -> tuple[ImageDataset, ImageDataset | None]:
         raise ConfigError(f"data.labeled_fraction must be in (0, 1], got {cfg.labeled_fraction}")
     if cfg.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
-    ds = open_dataset(cfg.path, split=cfg.split, image_size=cfg.image_size, strict=cfg.strict,
+    ds = open_dataset(cfg.path if source is None else source, split=cfg.split, image_size=cfg.image_size, strict=cfg.strict,
                       limit=cfg.limit)
     val: ImageDataset | None = None
     if cfg.val_fraction > 0:

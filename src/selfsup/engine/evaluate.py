@@ -31,7 +31,7 @@ class EvalData:
     note: str  # how the test split was obtained
 
 
-def eval_data(data: str, test_data: str | None, *, image_size: int | None = None,
+def eval_data(data: Any, test_data: Any, *, image_size: int | None = None,
               limit: int | None = None, seed: int = 0) -> EvalData:
     """Labeled train/test sets: ``test_data`` if given, else the source's own test split, else a
     seeded stratified 20% hold-out of ``data``.
@@ -80,11 +80,15 @@ def _probe(which: Sequence[str], ftr: Tensor, ytr: Tensor, fte: Tensor, yte: Ten
     return out
 
 
-def evaluate_checkpoint(checkpoint: str, data: str | None = None, test_data: str | None = None,
+def evaluate_checkpoint(checkpoint: str, data: Any = None, test_data: Any = None,
                         *, which: Sequence[str] = PROBES, k: int = 200, temperature: float = 0.1,
                         batch_size: int = 256, device: str = "auto", limit: int | None = None,
-                        baselines: bool = True, seed: int = 0) -> dict[str, Any]:
+                        baselines: bool = True, seed: int = 0,
+                        backbone: nn.Module | None = None) -> dict[str, Any]:
     """kNN and/or linear-probe accuracy (percent) of a checkpoint's encoder and its baselines.
+
+    ``data``/``test_data``: paths, built-in names or data from Python; ``backbone``: the module
+    a Python run trained (:func:`~selfsup.engine.runs.load_run`).
 
     Returns:
         ``{"rows": {"pretrained": {...}, "random init": {...}, "raw pixels": {...}}, "train_size",
@@ -97,8 +101,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, test_data: str
     bad = [w for w in which if w not in PROBES]
     if bad:
         raise ConfigError(f"unknown evaluation '{bad[0]}'; expected one of {', '.join(PROBES)}")
-    run = load_run(checkpoint)
-    data = data or run.cfg.data.path
+    run = load_run(checkpoint, backbone=backbone)
+    data = data if data is not None else run.cfg.data.path
     ed = eval_data(data, test_data, image_size=None, limit=limit, seed=seed)
     for ds in (ed.train, ed.test):
         if ds.channels != run.in_chans:
@@ -125,17 +129,17 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, test_data: str
             "step": run.step}
 
 
-def embed_checkpoint(checkpoint: str, data: str, *, split: str = "all", batch_size: int = 256,
-                     device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def embed_checkpoint(checkpoint: str, data: Any, *, split: str = "all", batch_size: int = 256,
+                     device: str = "auto", backbone: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``[N, D]`` (float32) and labels ``[N]`` (-1 unlabeled) of ``data``.
 
     Raises:
         DataError: if the data's channel count differs from the encoder's.
     """
-    run = load_run(checkpoint)
+    run = load_run(checkpoint, backbone=backbone)
     ds = open_dataset(data, split=split)
     if ds.channels != run.in_chans:
-        raise DataError(f"'{data}' has {ds.channels} channels but the encoder in '{checkpoint}' "
+        raise DataError(f"'{ds.source}' has {ds.channels} channels but the encoder in '{checkpoint}' "
                         f"takes {run.in_chans}")
     dev = pick_device(device)
     f, y = _features(run.encoder.to(dev), ds, run, dev, batch_size)

@@ -12,6 +12,7 @@ metadata.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,17 @@ from selfsup.data.stats import Normalization
 from selfsup.engine import checkpoint
 from selfsup.engine.runs import load_run
 from selfsup.nn.backbones import create_backbone
-from selfsup.types import CheckpointError
+from selfsup.nn.backbones.module import wrap_module
+from selfsup.types import CheckpointError, ConfigError
 
 FORMAT = "selfsup-encoder-v1"
 
 
-def export_encoder(ckpt: str | Path, out: str | Path, *, torchscript: bool = True) -> dict[str, Any]:
+def export_encoder(ckpt: str | Path, out: str | Path, *, torchscript: bool = True,
+                   backbone: nn.Module | None = None) -> dict[str, Any]:
     """Write the encoder of pretraining checkpoint ``ckpt`` to ``out`` (and ``out`` with ``.ts``).
+
+    ``backbone``: the module a Python run trained (its checkpoint holds weights, not code).
 
     Returns:
         The metadata written, with ``path`` (and ``torchscript`` when written).
@@ -39,7 +44,7 @@ def export_encoder(ckpt: str | Path, out: str | Path, *, torchscript: bool = Tru
     Raises:
         CheckpointError: for a missing/corrupt checkpoint; OSError if ``out`` is not writable.
     """
-    run = load_run(str(ckpt))
+    run = load_run(str(ckpt), backbone=backbone)
     enc = run.encoder.cpu().eval()
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -84,8 +89,10 @@ def _method_encoder(payload: dict[str, Any], backbone: nn.Module) -> nn.Module:
     return enc
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_encoder(path: str | Path, backbone: nn.Module | None = None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported encoder (``enc.pt``) in eval mode; returns ``(encoder, metadata)``.
+    ``backbone``: a copy of it receives the weights (exports of a module passed from Python).
 
     ``metadata["normalization"]`` is a :class:`~selfsup.data.stats.Normalization` ready to call on
     raw images.
@@ -95,8 +102,15 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     payload = checkpoint.load(path, expect=FORMAT)
     b = from_dict(BackboneConfig, payload["backbone"])
-    enc = create_backbone(b.name, in_chans=payload["in_chans"], image_size=payload["image_size"],
-                          cifar_stem=b.cifar_stem, patch_size=b.patch_size, **b.kwargs)
+    c, size = int(payload["in_chans"]), int(payload["image_size"])
+    try:
+        if backbone is not None:
+            enc = wrap_module(copy.deepcopy(backbone), c, size, b.name)
+        else:
+            enc = create_backbone(b.name, in_chans=c, image_size=size, cifar_stem=b.cifar_stem,
+                                  patch_size=b.patch_size, **b.kwargs)
+    except ConfigError as e:
+        raise CheckpointError(f"'{path}': {e}") from None
     enc = _method_encoder(payload, enc)
     try:
         enc.load_state_dict(payload["state_dict"])

@@ -128,7 +128,7 @@ def finetune_checkpoint(checkpoint: str, data: str | None = None, test_data: str
     layers = default_head_layers(run) if head_layers is None else head_layers
     if layers < 0:
         raise ConfigError(f"--head-layers must be >= 0, got {layers}")
-    ed = eval_data(data or run.cfg.data.path, test_data, limit=limit, seed=seed)
+    ed = eval_data(data if data is not None else run.cfg.data.path, test_data, limit=limit, seed=seed)
     for ds in (ed.train, ed.test):
         if ds.channels != run.in_chans:
             raise DataError(f"'{ds.source}' has {ds.channels} channels but the encoder in "

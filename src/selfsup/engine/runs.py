@@ -3,8 +3,8 @@ of checkpoints: shared by the trainer, the evaluation commands and export."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +19,11 @@ from selfsup.data.splits import from_config
 from selfsup.data.stats import Normalization, compute_normalization
 from selfsup.data.views import MultiView, eval_transform, get_preset
 from selfsup.engine import checkpoint, recipes
+from selfsup.engine.init_weights import InitReport, init_weights
 from selfsup.methods.base import Method, build_method
-from selfsup.nn.backbones import create_backbone
-from selfsup.types import CheckpointError, DataError
+from selfsup.nn.backbones import backbone_takes, check_backbone_name, create_backbone
+from selfsup.nn.backbones.module import fresh_copy, wrap_module
+from selfsup.types import CheckpointError, ConfigError, DataError
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Parts:
     method: Method
     views: MultiView
     recipe: Recipe | None = None  # the small recipe applied to ``cfg``, None for ``paper``
+    init: InitReport | None = None  # what ``backbone.init`` loaded, None without it
 
 
 def pick_device(name: str) -> torch.device:
@@ -59,16 +62,21 @@ def image_size_of(cfg: RunConfig, ds: ImageDataset) -> int:
     return int(cfg.data.image_size or min(ds.image_size))
 
 
-def backbone_from(cfg: RunConfig, in_chans: int, image_size: int) -> nn.Module:
-    """The backbone named in ``cfg`` (fresh random weights)."""
+def backbone_from(cfg: RunConfig, in_chans: int, image_size: int,
+                  module: nn.Module | None = None) -> nn.Module:
+    """The backbone named in ``cfg`` (fresh random weights), or ``module`` (a user's
+    ``nn.Module``, used as it is) behind the backbone contract."""
     b = cfg.backbone
+    if module is not None:
+        return wrap_module(module, in_chans, image_size, b.name)
     return create_backbone(
         b.name, in_chans=in_chans, image_size=image_size, cifar_stem=b.cifar_stem,
         patch_size=b.patch_size, **b.kwargs,
     )
 
 
-def encoder_from(cfg: RunConfig, in_chans: int, image_size: int) -> nn.Module:
+def encoder_from(cfg: RunConfig, in_chans: int, image_size: int,
+                 module: nn.Module | None = None) -> nn.Module:
     """The evaluated encoder of ``cfg``'s method with fresh random weights.
 
     The backbone itself, unless the method class defines ``build_encoder(backbone, cfg)`` (CMC:
@@ -78,7 +86,7 @@ def encoder_from(cfg: RunConfig, in_chans: int, image_size: int) -> nn.Module:
     Raises:
         ConfigError: for method options that do not fit the data (e.g. CMC's channel groups).
     """
-    backbone = backbone_from(cfg, in_chans, image_size)
+    backbone = backbone_from(cfg, in_chans, image_size, module)
     build = getattr(registry.get("method", cfg.method).obj, "build_encoder", None)
     if build is None:
         return backbone
@@ -102,16 +110,24 @@ def normalization_from(cfg: RunConfig, ds: ImageDataset) -> Normalization:
     return compute_normalization(ds, low=d.low, high=d.high, mean=d.mean, std=d.std, seed=d.seed)
 
 
-def build_parts(cfg: RunConfig) -> Parts:
+def build_parts(cfg: RunConfig, module: nn.Module | None = None, *, init: bool = True,
+                data: Any = None) -> Parts:
     """Open the data, compute the normalisation, build backbone, method and views.
+
+    ``module``: a user's ``nn.Module`` to train instead of the backbone named in ``cfg`` (whose
+    ``backbone.name`` then records its class, ``module:<path>``). ``init``: load
+    ``backbone.init``'s weights (off on ``--resume``, whose checkpoint replaces them).
+    ``data``: images from Python (array, tensor, ``(images, labels)`` or a ``Dataset``) in place
+    of ``cfg.data.path``.
 
     The returned ``cfg`` has the recipe resolved (:mod:`selfsup.engine.recipes`: its values
     filled in where the user left them unset), the view preset, image size and normalisation
     filled in, so saving it reproduces the run exactly.
     """
     registry.get("method", cfg.method)  # fail on an unknown method before touching the data
-    registry.get("backbone", cfg.backbone.name)
-    train, val = from_config(cfg.data)
+    if module is None:
+        check_backbone_name(cfg.backbone.name)
+    train, val = from_config(cfg.data, data)
     if len(train) == 0:
         raise DataError(f"dataset '{cfg.data.path}' has no images")
     size = image_size_of(cfg, train)
@@ -129,14 +145,16 @@ def build_parts(cfg: RunConfig) -> Parts:
         # methods that undo the input normalisation (CMC's RGB -> Lab views)
         method_args.setdefault("input_mean", list(norm.mean))
         method_args.setdefault("input_std", list(norm.std))
-    method = build_method(cfg.method, backbone_from(cfg, train.channels, size), **method_args)
+    backbone = backbone_from(cfg, train.channels, size, module)
+    report = init_weights(backbone, cfg.backbone.init) if init and cfg.backbone.init else None
+    method = build_method(cfg.method, backbone, **method_args)
     preset = cfg.views or type(method).default_views
     views = MultiView(get_preset(preset, size, **cfg.view_args), train.channels, norm.mean, norm.std)
     data = replace(cfg.data, image_size=size, low=norm.low, high=norm.high, mean=norm.mean,
                    std=norm.std)
     cfg = replace(cfg, views=preset, data=data,
                   method_args=_config_dict(method.cfg))
-    return Parts(cfg, train, val, norm, size, method, views, recipe)
+    return Parts(cfg, train, val, norm, size, method, views, recipe, report)
 
 
 def _with_eval_pool(cfg: RunConfig, method_cls: Any) -> RunConfig:
@@ -146,10 +164,7 @@ def _with_eval_pool(cfg: RunConfig, method_cls: Any) -> RunConfig:
     so evaluation rebuilds the same pooling."""
     pool = getattr(method_cls, "eval_pool", None)
     b = cfg.backbone
-    if pool is None or "global_pool" in b.kwargs:
-        return cfg
-    factory = registry.get("backbone", b.name).obj
-    if "global_pool" not in inspect.signature(factory).parameters:
+    if pool is None or "global_pool" in b.kwargs or not backbone_takes(b.name, "global_pool"):
         return cfg
     return replace(cfg, backbone=replace(b, kwargs={**b.kwargs, "global_pool": pool}))
 
@@ -180,20 +195,26 @@ class LoadedRun:
     in_chans: int
     step: int
     payload: dict[str, Any]
+    module: nn.Module | None = None  # the user's module the run trained, if any
 
     def random_init(self, seed: int = 0) -> nn.Module:
-        """The same architecture with fresh random weights (the baseline of every report)."""
+        """The same architecture with fresh random weights (the baseline of every report; a
+        user's module: a copy with every ``reset_parameters()`` called)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return encoder_from(self.cfg, self.in_chans, self.image_size)
+            module = fresh_copy(self.module) if self.module is not None else None
+            return encoder_from(self.cfg, self.in_chans, self.image_size, module)
 
 
-def load_run(path: str, *, method: str | None = None) -> LoadedRun:
+def load_run(path: str, *, method: str | None = None,
+             backbone: nn.Module | None = None) -> LoadedRun:
     """Restore the encoder of a pretraining checkpoint.
 
     Args:
         path: a ``last.pt`` written by the trainer.
         method: if given, the method the checkpoint must come from.
+        backbone: the ``nn.Module`` a Python run trained (``backbone.name`` ``module:...``);
+            a copy receives the weights, ``backbone`` itself is left as it is.
 
     Raises:
         CheckpointError: missing/corrupt file, a checkpoint of another method, or weights that do
@@ -206,7 +227,11 @@ def load_run(path: str, *, method: str | None = None) -> LoadedRun:
             f"checkpoint '{path}' was trained with method '{cfg.method}', not '{method}'"
         )
     info = payload["data"]
-    enc = encoder_from(cfg, int(info["channels"]), int(info["image_size"]))
+    module = copy.deepcopy(backbone) if backbone is not None else None
+    try:
+        enc = encoder_from(cfg, int(info["channels"]), int(info["image_size"]), module)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint '{path}': {e}") from None
     prefix = "backbone."
     state = {k[len(prefix):]: v for k, v in payload["model"].items() if k.startswith(prefix)}
     try:
@@ -217,4 +242,4 @@ def load_run(path: str, *, method: str | None = None) -> LoadedRun:
         ) from None
     norm = Normalization.from_dict(payload["normalization"])
     return LoadedRun(enc.eval(), cfg, norm, int(info["image_size"]), int(info["channels"]),
-                     int(payload["step"]), payload)
+                     int(payload["step"]), payload, backbone)

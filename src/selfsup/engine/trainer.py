@@ -108,7 +108,8 @@ def _resume_config(cfg: RunConfig, path: Path) -> tuple[RunConfig, dict[str, Any
 
 
 def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None,
-             parts: Parts | None = None) -> PretrainResult:
+             parts: Parts | None = None, backbone: torch.nn.Module | None = None,
+             data: Any = None) -> PretrainResult:
     """Pretrain ``cfg.method`` on ``cfg.data``; write checkpoints, config and metrics to ``cfg.train.out``.
 
     Args:
@@ -117,6 +118,9 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         stop_at: end (with a checkpoint) after this optimiser step, as a preemption would;
             ``--resume`` then finishes the run identically to an uninterrupted one.
         parts: pre-built parts (Python API); by default built from ``cfg``.
+        backbone: a user's ``nn.Module`` to pretrain in place of ``cfg.backbone`` (trained in
+            place: it holds the pretrained weights afterwards).
+        data: images from Python in place of ``cfg.data.path`` (:mod:`selfsup.data.python_data`).
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
@@ -143,7 +147,8 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         raise CheckpointError(f"'{out}' already holds a run (last.pt); pass --resume to continue "
                               "it or choose another --out")
     seed_everything(cfg.train.seed + dist.rank())
-    parts = parts or build_parts(cfg)
+    # on --resume the checkpoint's weights replace any backbone.init weights
+    parts = parts or build_parts(cfg, backbone, init=not resume, data=data)
     cfg, method, views = parts.cfg, parts.method, parts.views
     method.to(device)
     views.to(device)
@@ -192,6 +197,8 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
     main = dist.is_main()
     if main:
         logger.info("%s", recipes.describe(cfg.method, cfg.recipe, parts.recipe, parts.image_size))
+        if parts.init is not None:
+            logger.info("%s", parts.init.summary())
     writer = MetricsWriter(out, tensorboard=cfg.train.tensorboard) if main else None
     if main:
         out.mkdir(parents=True, exist_ok=True)
