@@ -140,7 +140,9 @@ def embed(checkpoint: str | Path, data: Any, *, backbone: torch.nn.Module | None
     return embed_checkpoint(str(checkpoint), data, backbone=backbone, **kwargs)[0]
 
 
-def export(checkpoint: str | Path, out: str | Path, *, torchscript: bool = True,
-           backbone: torch.nn.Module | None = None) -> dict[str, Any]:
-    """Write the encoder (weights + metadata, and TorchScript) to ``out``."""
-    return export_encoder(checkpoint, out, torchscript=torchscript, backbone=backbone)
+def export(checkpoint: str | Path, out: str | Path, *, formats: Sequence[str] = ("pt2",),
+           torchscript: bool = False, backbone: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Write the encoder to ``out`` (weights + metadata) and in ``formats`` beside it (``pt2``,
+    ``onnx``, ``safetensors``, ``torchscript``, ``native``; :mod:`selfsup.engine.export_formats`)."""
+    return export_encoder(checkpoint, out, formats=formats, torchscript=torchscript,
+                          backbone=backbone)

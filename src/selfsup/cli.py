@@ -117,9 +117,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from selfsup.engine.export import export_encoder
 
-    meta = export_encoder(args.checkpoint, args.out, torchscript=not args.no_torchscript)
-    msg = f"wrote {meta['path']}" + (f" and {meta['torchscript']}" if "torchscript" in meta else "")
-    _emit(args, meta, msg)
+    formats = [f for group in (args.format or ["pt2"]) for f in group.split(",") if f]
+    meta = export_encoder(args.checkpoint, args.out, formats=formats)
+    _emit(args, meta, "wrote " + ", ".join(meta["files"].values()))
     return 0
 
 
@@ -240,10 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(em)
     em.set_defaults(func=cmd_embed)
 
-    ex = sub.add_parser("export", help="export the encoder (weights + metadata, TorchScript)")
+    ex = sub.add_parser("export", help="export the encoder (weights + metadata, torch.export, "
+                        "ONNX, safetensors, timm/torchvision state_dict)")
     ex.add_argument("--checkpoint", required=True, help="a run's last.pt")
-    ex.add_argument("--out", required=True, help="output file, e.g. enc.pt (TorchScript: enc.ts)")
-    ex.add_argument("--no-torchscript", action="store_true", help="skip the TorchScript file")
+    ex.add_argument("--out", required=True, help="output file, e.g. enc.pt; the formats are "
+                    "written beside it (enc.pt2, enc.onnx, ...) with the metadata in enc.json")
+    ex.add_argument("--format", action="append", metavar="FORMAT",
+                    help="pt2 (default) | onnx | safetensors | torchscript | native (a "
+                    "state_dict timm / torchvision load); repeat or comma-separate for several")
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.set_defaults(func=cmd_export)
 

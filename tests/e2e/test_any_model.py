@@ -73,7 +73,7 @@ def test_python_module_and_array_train_evaluate_and_export(tmp_path) -> None:
     emb = selfsup.embed(res.checkpoint, x[:5], backbone=SmallNet())
     assert emb.shape == (5, 24)
     meta = selfsup.export(res.checkpoint, tmp_path / "enc.pt", backbone=SmallNet(),
-                          torchscript=False)
+                          formats=())
     enc, _ = selfsup.load_encoder(meta["path"], backbone=SmallNet())
     torch.testing.assert_close(enc.model.body[0].weight, net.body[0].weight)
     # without the module, the one-line error says what to pass

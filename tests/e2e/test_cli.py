@@ -70,7 +70,7 @@ def test_embed_and_export(ckpt: Path, tmp_path: Path) -> None:
     from selfsup.engine.export import load_encoder
 
     enc, meta = load_encoder(tmp_path / "enc.pt")
-    ts = torch.jit.load(str(tmp_path / "enc.ts"))
+    ts = torch.export.load(str(tmp_path / "enc.pt2")).module()
     x = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(enc(x), ts(x), rtol=1e-4, atol=1e-5)
     raw = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)

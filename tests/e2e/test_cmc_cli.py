@@ -57,7 +57,7 @@ def test_cmc_pretrain_eval_embed_export(rgb: Path, tmp_path: Path) -> None:
 
     enc, _ = load_encoder(tmp_path / "enc.pt")
     run = load_run(ckpt)
-    ts = torch.jit.load(str(tmp_path / "enc.ts"))
+    ts = torch.export.load(str(tmp_path / "enc.pt2")).module()
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(enc(x), run.encoder(x), rtol=1e-5, atol=1e-6)

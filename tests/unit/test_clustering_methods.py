@@ -291,7 +291,7 @@ def test_deepcluster_sobel_encoder_survives_checkpoint_and_export(tiny_run, tmp_
     meta = export_encoder(res.checkpoint, tmp_path / "enc.pt")
     assert meta["in_chans"] == 1
     enc, _ = load_encoder(tmp_path / "enc.pt")
-    ts = torch.jit.load(str(tmp_path / "enc.ts"))
+    ts = torch.export.load(str(tmp_path / "enc.pt2")).module()
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         trained = res.method.backbone.eval()(x)

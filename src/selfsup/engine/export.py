@@ -2,8 +2,9 @@
 
 ``export_encoder`` writes ``enc.pt``: a plain ``torch.save`` dict with the encoder's ``state_dict``
 and everything needed to rebuild and feed it (backbone name and options, input channels, image
-size, feature dimension, normalisation), plus optionally ``enc.ts`` (TorchScript, loadable with
-``torch.jit.load`` without selfsup, metadata in its ``selfsup.json`` extra file).
+size, feature dimension, normalisation, the input contract), the same metadata as ``enc.json``,
+and the requested formats for other tools (:mod:`selfsup.engine.export_formats`; by default
+``enc.pt2``, a ``torch.export`` program).
 
 Feeding an exported encoder: ``unit = clamp((x - low) / (high - low), 0, 1)`` per channel, resize
 to ``image_size``, ``(unit - mean) / std``; :func:`load_encoder` returns a ready module and this
@@ -14,17 +15,18 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from selfsup import registry
 from selfsup.config import BackboneConfig, from_dict, to_dict
 from selfsup.data.stats import Normalization
 from selfsup.engine import checkpoint
-from selfsup.engine.runs import load_run
+from selfsup.engine.export_formats import FORMATS, INPUT_CONTRACT, write_format
+from selfsup.engine.runs import backbone_options, load_run
 from selfsup.nn.backbones import create_backbone
 from selfsup.nn.backbones.module import wrap_module
 from selfsup.types import CheckpointError, ConfigError
@@ -32,18 +34,30 @@ from selfsup.types import CheckpointError, ConfigError
 FORMAT = "selfsup-encoder-v1"
 
 
-def export_encoder(ckpt: str | Path, out: str | Path, *, torchscript: bool = True,
-                   backbone: nn.Module | None = None) -> dict[str, Any]:
-    """Write the encoder of pretraining checkpoint ``ckpt`` to ``out`` (and ``out`` with ``.ts``).
+def export_encoder(ckpt: str | Path, out: str | Path, *, formats: Sequence[str] = ("pt2",),
+                   torchscript: bool = False, backbone: nn.Module | None = None
+                   ) -> dict[str, Any]:
+    """Write the encoder of pretraining checkpoint ``ckpt`` to ``out`` (``enc.pt``) and in each
+    of ``formats`` beside it (:mod:`selfsup.engine.export_formats`: ``pt2``, ``onnx``,
+    ``safetensors``, ``torchscript``, ``native``), plus ``out`` with ``.json`` (the metadata).
 
-    ``backbone``: the module a Python run trained (its checkpoint holds weights, not code).
+    Args:
+        torchscript: also write ``torchscript`` (kept for older callers).
+        backbone: the module a Python run trained (its checkpoint holds weights, not code).
 
     Returns:
-        The metadata written, with ``path`` (and ``torchscript`` when written).
+        The metadata written, with ``path`` and ``files`` (format -> path).
 
     Raises:
-        CheckpointError: for a missing/corrupt checkpoint; OSError if ``out`` is not writable.
+        CheckpointError: for a missing/corrupt checkpoint; ConfigError: an unknown format, a
+            missing optional package, a format the backbone cannot take; OSError if ``out`` is
+            not writable.
     """
+    wanted = list(dict.fromkeys([*formats, *(["torchscript"] if torchscript else [])]))
+    bad = [f for f in wanted if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"unknown export format '{bad[0]}'; expected one of "
+                          f"{', '.join(FORMATS)}")
     run = load_run(str(ckpt), backbone=backbone)
     enc = run.encoder.cpu().eval()
     meta: dict[str, Any] = {
@@ -57,20 +71,21 @@ def export_encoder(ckpt: str | Path, out: str | Path, *, torchscript: bool = Tru
         "image_size": run.image_size,
         "num_features": int(getattr(enc, "num_features", 0)),
         "normalization": run.norm.to_dict(),
+        "input": INPUT_CONTRACT,
     }
     out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out '{out}' is a folder; expected a file name such as enc.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save_atomic({**meta, "state_dict": enc.state_dict()}, out)
+    files = {"selfsup": str(out)}
+    for fmt in wanted:
+        files[fmt] = write_format(fmt, enc, out, meta)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     meta["path"] = str(out)
-    if torchscript:
-        ts_path = out.with_suffix(".ts")
-        example = torch.zeros(2, run.in_chans, run.image_size, run.image_size)
-        with torch.no_grad():
-            traced = torch.jit.trace(enc, example, check_trace=False)
-        tmp = ts_path.with_name(ts_path.name + ".tmp")
-        extra = {"selfsup.json": json.dumps({k: v for k, v in meta.items() if k != "path"})}
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
-        tmp.replace(ts_path)
-        meta["torchscript"] = str(ts_path)
+    meta["files"] = files
+    if "torchscript" in files:
+        meta["torchscript"] = files["torchscript"]
     return meta
 
 
@@ -107,8 +122,7 @@ def load_encoder(path: str | Path, backbone: nn.Module | None = None
         if backbone is not None:
             enc = wrap_module(copy.deepcopy(backbone), c, size, b.name)
         else:
-            enc = create_backbone(b.name, in_chans=c, image_size=size, cifar_stem=b.cifar_stem,
-                                  patch_size=b.patch_size, **b.kwargs)
+            enc = create_backbone(b.name, in_chans=c, image_size=size, **backbone_options(b))
     except ConfigError as e:
         raise CheckpointError(f"'{path}': {e}") from None
     enc = _method_encoder(payload, enc)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import registry
-from selfsup.config import Recipe, RunConfig, from_dict, replace
+from selfsup.config import BackboneConfig, Recipe, RunConfig, from_dict, replace
 from selfsup.data.datasets import ImageDataset
 from selfsup.data.splits import from_config
 from selfsup.data.stats import Normalization, compute_normalization
@@ -69,10 +69,26 @@ def backbone_from(cfg: RunConfig, in_chans: int, image_size: int,
     b = cfg.backbone
     if module is not None:
         return wrap_module(module, in_chans, image_size, b.name)
-    return create_backbone(
-        b.name, in_chans=in_chans, image_size=image_size, cifar_stem=b.cifar_stem,
-        patch_size=b.patch_size, **b.kwargs,
-    )
+    return create_backbone(b.name, in_chans=in_chans, image_size=image_size,
+                           **backbone_options(b))
+
+
+def backbone_options(b: BackboneConfig) -> dict[str, Any]:
+    """``b.kwargs`` with ``cifar_stem`` / ``patch_size`` added where set (either spelling works).
+
+    Raises:
+        ConfigError: if ``backbone.patch_size`` and ``backbone.kwargs.patch_size`` (or the two
+            ``cifar_stem``) are both set and disagree.
+    """
+    opts = dict(b.kwargs)
+    for key, value in (("cifar_stem", b.cifar_stem), ("patch_size", b.patch_size)):
+        if value is None:
+            continue
+        if opts.get(key, value) != value:
+            raise ConfigError(f"backbone.{key}={value} and backbone.kwargs.{key}={opts[key]} "
+                              "disagree; set one of them")
+        opts[key] = value
+    return opts
 
 
 def encoder_from(cfg: RunConfig, in_chans: int, image_size: int,
