@@ -21,6 +21,11 @@ from selfsup.types import SelfsupError
 from selfsup.utils.log import setup_logging
 
 
+# the module whose import registers each kind's built-ins (`selfsup list` imports only that one)
+_PROVIDERS = {"method": "selfsup.methods", "backbone": "selfsup.nn.backbones",
+              "preset": "selfsup.data.views", "dataset": "selfsup.data.datasets"}
+
+
 def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
     print(json.dumps(obj) if args.json else text, flush=True)
 
@@ -159,6 +164,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         return _list_recipes(args)
     kind = {"methods": "method", "backbones": "backbone", "presets": "preset",
             "datasets": "dataset"}[args.what]
+    import importlib
+
+    importlib.import_module(_PROVIDERS[kind])  # registers that kind's built-ins only
     items = [{"name": e.name, "description": e.description, "reference": e.reference}
              for e in registry.entries(kind)]
     if kind == "backbone" and args.all is not None:

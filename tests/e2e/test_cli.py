@@ -122,3 +122,29 @@ def test_python_api(tmp_path: Path) -> None:
                                       "train.tensorboard=false"])
     r = selfsup.evaluate(res.checkpoint, which=("knn",))
     assert set(r["rows"]) == {"pretrained", "random init", "raw pixels"}
+
+
+def test_help_is_instant_and_imports_no_torch() -> None:
+    """--help and `import selfsup` must not import torch, torchvision or timm (5.3 s before)."""
+    code = ("import sys, time; t = time.perf_counter(); import selfsup, selfsup.cli; "
+            "p = selfsup.cli.build_parser(); p.format_help(); "
+            "print(time.perf_counter() - t, sorted(m for m in ('torch', 'torchvision', 'timm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=1)
+    assert out[1].strip() == "[]", out
+    assert float(out[0]) < 1.0
+    p = subprocess.run([sys.executable, "-m", "selfsup", "list", "datasets"], capture_output=True,
+                       text=True, check=True)
+    assert "digits" in p.stdout
+
+
+def test_public_namespace_is_all() -> None:
+    import selfsup
+
+    assert dir(selfsup) == sorted([*selfsup.__all__, "__version__"])
+    assert not {"np", "Path", "Any", "replace", "torch"} & set(dir(selfsup))
+    for name in selfsup.__all__:
+        assert getattr(selfsup, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'np'"):
+        selfsup.np  # noqa: B018
