@@ -90,22 +90,26 @@ def test_wrong_input_size_is_rejected(small) -> None:
         sess.run(None, {"images": bad.numpy()})
 
 
-def test_input_contract_reproduces_embed(small) -> None:
-    """The documented recipe (docs/export.md): unit range, resize, normalise, the .pt2 program."""
+def test_input_contract_reproduces_embed(small, monkeypatch) -> None:
+    """The snippet of docs/export.md, run as written, gives `selfsup embed`'s features."""
     ckpt, tmp = small
-    meta = json.loads((tmp / "enc.json").read_text())
-    n = meta["normalization"]
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
+    snippet = doc.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp)  # the snippet opens enc.json and enc.pt2
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102
     raw = open_dataset("digits", split="all").get_batch(torch.arange(64))[0]  # uint8 [64, 1, 8, 8]
-    low, high = torch.tensor(n["low"]).view(1, -1, 1, 1), torch.tensor(n["high"]).view(1, -1, 1, 1)
-    unit = ((raw.float() - low) / (high - low)).clamp(0, 1)
-    unit = torch.nn.functional.interpolate(unit, size=(16, 16), mode="bilinear",
-                                           align_corners=False, antialias=True)
-    x = (unit - torch.tensor(n["mean"]).view(1, -1, 1, 1)) / torch.tensor(n["std"]).view(
-        1, -1, 1, 1)
-    with torch.no_grad():
-        mine = torch.export.load(str(tmp / "enc.pt2")).module()(x).numpy()
     theirs, _ = embed_checkpoint(str(ckpt), "digits", device="cpu")
-    np.testing.assert_allclose(mine, theirs[:64], atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(scope["features"](raw).numpy(), theirs[:64], atol=1e-6, rtol=1e-6)
+    # a non-square batch goes through the same resize and crop as selfsup's eval_transform
+    from selfsup.engine.runs import load_run, preprocessor
+
+    run = load_run(str(ckpt))
+    odd = torch.randint(0, 256, (3, 1, 12, 20), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = run.encoder(preprocessor(run.norm, run.image_size)(odd))
+    np.testing.assert_allclose(scope["features"](odd).numpy(), ref.numpy(), atol=1e-6,
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("backbone, kwargs", [("timm:resnet10t", {}), ("resnet18", {}),
