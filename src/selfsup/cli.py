@@ -1,4 +1,4 @@
-"""Command line: ``selfsup pretrain | eval | embed | export | list | demo`` (also ``python -m selfsup``).
+"""Command line: ``selfsup pretrain | eval | report | embed | export | list | demo`` (also ``python -m selfsup``).
 
 Every command that reports numbers takes ``--json`` and then prints exactly one JSON object on
 stdout (progress and messages go to stderr). Errors caused by input print one line
@@ -19,7 +19,6 @@ from selfsup import registry
 from selfsup.cli_args import add_pretrain_args, config_from_args
 from selfsup.types import SelfsupError
 from selfsup.utils.log import setup_logging
-
 
 # the module whose import registers each kind's built-ins (`selfsup list` imports only that one)
 _PROVIDERS = {"method": "selfsup.methods", "backbone": "selfsup.nn.backbones",
@@ -52,6 +51,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.eval.report import format_table
 
     if args.probe == "finetune":
+        if args.report:
+            from selfsup.types import ConfigError
+
+            raise ConfigError("--report works with eval knn, linear and all (the report's "
+                              "evaluation is the frozen-feature one)")
         return _cmd_finetune(args)
     which = ("knn", "linear") if args.probe == "all" else (args.probe,)
     r = evaluate_checkpoint(args.checkpoint, args.data, args.test_data, which=which, k=args.k,
@@ -68,7 +72,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
             obj[f"{slug}_top1"] = rows[name][f"{key}_top1"]
     obj["rows"] = rows
     text = format_table(rows) + f"\n(train {r['train_size']}, test {r['test_size']}: {r['test']})"
+    if args.report:
+        from selfsup.engine.run_report import write_report
+
+        rep = write_report(Path(args.checkpoint).parent, data=args.data, test_data=args.test_data,
+                           limit=args.limit, seed=args.seed, device=args.device)
+        obj["report"] = rep["report"]
+        text += f"\nreport: {rep['report']}"
     _emit(args, obj, text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup.engine.run_report import write_report
+
+    r = write_report(args.run, data=args.data, test_data=args.test_data, limit=args.limit,
+                     evaluate=not args.no_eval, seed=args.seed, device=args.device)
+    _emit(args, r, f"wrote {r['report']} ({len(r['pictures'])} pictures in "
+          f"{Path(r['report']).parent / 'report'})")
     return 0
 
 
@@ -237,8 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--distill-epochs", type=int, help="distillation epochs (default --epochs)")
     ft.add_argument("--distill-temperature", type=float, default=1.0,
                     help="distillation temperature (1.0)")
+    ev.add_argument("--report", action="store_true",
+                    help="also write the run's report.html with this evaluation's plots "
+                    "(knn / linear / all)")
     _common(ev)
     ev.set_defaults(func=cmd_eval)
+
+    rp = sub.add_parser("report", help="write a run's self-contained report.html (curves, "
+                        "evaluation, embedding map, confusion matrix, retrieval grid)")
+    rp.add_argument("run", help="the run folder (or its last.pt)")
+    rp.add_argument("--data", help="labeled data for the evaluation (default: the run's data)")
+    rp.add_argument("--test-data", help="labeled test data (default: the data's test split, "
+                    "else a seeded 20%% hold-out)")
+    rp.add_argument("--limit", type=int, default=2000,
+                    help="at most N train and N test images in the evaluation (2000)")
+    rp.add_argument("--no-eval", action="store_true", help="curves and configuration only")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    rp.add_argument("--json", action="store_true", help="print one JSON object")
+    rp.set_defaults(func=cmd_report)
 
     em = sub.add_parser("embed", help="write embeddings of a dataset (.npy, or .npz with labels)")
     em.add_argument("--checkpoint", required=True, help="a run's last.pt")

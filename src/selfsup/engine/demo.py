@@ -10,6 +10,7 @@ from typing import Any
 
 from selfsup.config import BackboneConfig, DataConfig, RunConfig, TrainConfig
 from selfsup.engine.evaluate import evaluate_checkpoint
+from selfsup.engine.run_report import write_report
 from selfsup.engine.trainer import pretrain
 from selfsup.eval.report import format_table
 
@@ -54,13 +55,15 @@ def run_demo(out: str = "runs/demo", *, epochs: int | None = None, steps: int | 
     res = pretrain(cfg)
     ev = evaluate_checkpoint(str(res.checkpoint), "digits", baselines=True)
     rows = ev["rows"]
+    report = write_report(res.run_dir, data="digits")["report"]
     text = "\n".join([
         f"SimCLR, small CNN, digits ({ev['train_size']} train / {ev['test_size']} test), "
         f"{res.step} steps in {res.seconds:.0f} s ({res.images_per_s:.0f} images/s)",
         format_table(rows),
         f"run folder: {res.run_dir}",
+        f"report: {report} (open it in a browser)",
     ])
     data = {"run_dir": str(res.run_dir), "steps": res.step, "seconds": res.seconds,
             "images_per_s": res.images_per_s, "final_loss": res.final_loss, "rows": rows,
-            "train_size": ev["train_size"], "test_size": ev["test_size"]}
+            "train_size": ev["train_size"], "test_size": ev["test_size"], "report": report}
     return {"text": text, "json": data}

@@ -17,6 +17,7 @@ stays bounded."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +135,8 @@ def linear_probe(
     chunk_size: int = 65536,
     seed: int = 0,
     device: str | torch.device | None = None,
-) -> dict[str, float]:
+    return_predictions: bool = False,
+) -> dict[str, Any]:
     """Train a linear classifier on frozen features and report its test accuracy.
 
     Rows labelled ``-1`` (unlabeled) are dropped from train and test. With more than one weight
@@ -152,6 +154,9 @@ def linear_probe(
         chunk_size: rows per block when evaluating the loss.
         seed: seed of the held-out split (the fit itself is deterministic).
         device: where to fit; None = ``train_f``'s device.
+        return_predictions: also return ``"predictions"``, the predicted class ``[M']`` (int64,
+            CPU) of every labeled test row in order, and ``"targets"``, their labels (for a
+            confusion matrix).
 
     Returns:
         ``{"top1", "top5"}`` test accuracy in percent, the chosen ``"weight_decay"`` and its
@@ -214,4 +219,11 @@ def linear_probe(
                     best_wd, best_val, best = wd, val, layer
     layer = train_linear(xtr, ytr, num_classes, best_wd, max_iter, chunk_size, init=best)
     top1, top5 = _accuracy(layer, xte, yte, chunk_size)
-    return {"top1": top1, "top5": top5, "weight_decay": best_wd, "val_top1": best_val}
+    out: dict[str, Any] = {"top1": top1, "top5": top5, "weight_decay": best_wd,
+                           "val_top1": best_val}
+    if return_predictions:
+        with torch.no_grad():
+            out["predictions"] = torch.cat([layer(xte[i:i + chunk_size]).argmax(dim=1).cpu()
+                                            for i in range(0, len(xte), chunk_size)])
+        out["targets"] = yte.cpu()
+    return out
