@@ -28,10 +28,8 @@ def test_cli_pretrains_and_evaluates_models_outside_the_builtins(tmp_path, backb
                      *TINY))
     assert r["step"] == 3
     e = one_json(run("eval", "knn", "--checkpoint", r["checkpoint"], "--limit", "300",
-                     "--json"))
-    assert 10 < e["top1"] <= 100 and "random_init_top1" in e
-    listed = run("list", "backbones", "--all", backbone.split(":")[1]).stdout
-    assert backbone in listed
+                     "--no-baselines", "--json"))
+    assert 10 < e["top1"] <= 100  # above chance: features neither constant nor NaN
 
 
 def test_unknown_external_model_is_one_clear_line(tmp_path) -> None:
@@ -39,6 +37,10 @@ def test_unknown_external_model_is_one_clear_line(tmp_path) -> None:
             ok=False)
     assert p.returncode != 0 and "close: resnet10t" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    listed = run("list", "backbones", "--all", "resnet1").stdout.splitlines()
+    names = {line.split()[0] for line in listed}
+    assert {"resnet18", "timm:resnet10t", "torchvision:resnet18"} <= names
+    assert all("resnet1" in n for n in names)
 
 
 class SmallNet(nn.Module):
@@ -82,10 +84,11 @@ def test_python_module_and_array_train_evaluate_and_export(tmp_path) -> None:
 
 
 def test_init_from_an_export_with_another_channel_count(tmp_path) -> None:
-    out1 = tmp_path / "gray"
-    r = one_json(run("pretrain", "--method", "simclr", "--backbone", "timm:resnet10t",
-                     "--out", str(out1), *TINY))
-    run("export", "--checkpoint", r["checkpoint"], "--out", str(tmp_path / "enc.pt"))
+    res = selfsup.pretrain("simclr", "digits", backbone="timm:resnet10t", steps=2,
+                           batch_size=32, out=str(tmp_path / "gray"),
+                           overrides=["data.image_size=32", "data.limit=128",
+                                      "train.progress=false", "train.tensorboard=false"])
+    selfsup.export(res.checkpoint, tmp_path / "enc.pt", formats=())
     rgb = np.random.default_rng(0).integers(0, 256, (128, 32, 32, 3), dtype=np.uint8)
     np.save(tmp_path / "rgb.npy", rgb)
     p = subprocess.run([sys.executable, "-m", "selfsup", "pretrain", "--method", "simclr",

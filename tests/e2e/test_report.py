@@ -64,15 +64,18 @@ def test_unlabeled_data_still_gives_a_report(run_dir: Path, tmp_path: Path) -> N
 
 
 def test_cli_report_and_eval_report(run_dir: Path) -> None:
-    p = subprocess.run([sys.executable, "-m", "selfsup", "report", str(run_dir), "--limit", "300",
+    p = subprocess.run([sys.executable, "-m", "selfsup", "report", str(run_dir), "--no-eval",
                         "--json"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["report"] == str(run_dir / "report.html")
     p = subprocess.run([sys.executable, "-m", "selfsup", "eval", "knn", "--checkpoint",
-                        str(run_dir / "last.pt"), "--limit", "300", "--report", "--json"],
+                        str(run_dir / "last.pt"), "--limit", "200", "--report", "--json"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["report"].endswith("report.html")
+    r = json.loads(p.stdout)
+    assert r["report"].endswith("report.html")
+    saved = json.loads((run_dir / "report" / "eval.json").read_text())
+    assert saved["train_size"] == 200 and saved["rows"]["pretrained"]["knn_top1"] == r["top1"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
