@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "selfsup"
 LEAVES = {"config", "registry", "types"}
 LAYER = {"utils": 0, "nn": 1, "losses": 1, "data": 1, "methods": 2, "eval": 2, "engine": 3,
-         "cli": 4, "cli_args": 4, "api": 4, "__init__": 4, "__main__": 4}
+         "cli": 4, "cli_args": 4, "cli_list": 4, "api": 4, "__init__": 4, "__main__": 4}
 
 
 def _unit(module: str) -> str:

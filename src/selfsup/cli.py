@@ -9,24 +9,17 @@ after the trainer wrote its checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selfsup import registry
 from selfsup.cli_args import add_pretrain_args, config_from_args
+from selfsup.cli_list import add_list_args, cmd_list, emit
 from selfsup.types import SelfsupError
 from selfsup.utils.log import setup_logging
 
-# the module whose import registers each kind's built-ins (`selfsup list` imports only that one)
-_PROVIDERS = {"method": "selfsup.methods", "backbone": "selfsup.nn.backbones",
-              "preset": "selfsup.data.views", "dataset": "selfsup.data.datasets"}
-
-
-def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
-    print(json.dumps(obj) if args.json else text, flush=True)
+_emit = emit
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -157,56 +150,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_recipes(args: argparse.Namespace) -> int:
-    from selfsup.config import SMALL_IMAGE_MAX
-    from selfsup.engine.recipes import table
-
-    rows = table()
-    width = max(len(r["method"]) for r in rows)
-    lines = [f"auto (default): small for images <= {SMALL_IMAGE_MAX} px where marked 'auto: "
-             "small', else paper. Set with --recipe small|paper; values you set always win."]
-    for r in rows:
-        small = r["small"]
-        if small is None:
-            lines.append(f"{r['method']:<{width}}  paper only")
-            continue
-        o = small["optim"]
-        lines.append(f"{r['method']:<{width}}  auto: {r['auto']:<5}  paper | small: "
-                     f"{o.get('name')} lr {o.get('lr')} ({o.get('lr_scaling')}), "
-                     f"wd {o.get('weight_decay')}; "
-                     f"{', '.join(f'{k}={v}' for k, v in small['method_args'].items())}"
-                     f"  [{r['small_source']}]")
-    _emit(args, {"recipes": rows}, "\n".join(lines))
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "recipes":
-        return _list_recipes(args)
-    kind = {"methods": "method", "backbones": "backbone", "presets": "preset",
-            "datasets": "dataset"}[args.what]
-    import importlib
-
-    importlib.import_module(_PROVIDERS[kind])  # registers that kind's built-ins only
-    items = [{"name": e.name, "description": e.description, "reference": e.reference}
-             for e in registry.entries(kind)]
-    if kind == "backbone" and args.all is not None:
-        from fnmatch import fnmatch
-
-        from selfsup.nn.backbones.external import SOURCES, list_external
-
-        pat = args.all if any(c in args.all for c in "*?[") else f"*{args.all}*"
-        items = [i for i in items if fnmatch(i["name"], pat)]
-        for source in SOURCES:
-            items += [{"name": n, "description": f"{source} model, random init",
-                       "reference": ""} for n in list_external(source, args.all)]
-    width = max((len(i["name"]) for i in items), default=0)
-    lines = [f"{i['name']:<{width}}  {i['description']}" +
-             (f"  [{i['reference']}]" if i["reference"] else "") for i in items]
-    _emit(args, {args.what: items}, "\n".join(lines))
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from selfsup.engine.demo import run_demo
 
@@ -307,13 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     vi.add_argument("--json", action="store_true", help="print one JSON object")
     vi.set_defaults(func=cmd_visualize)
 
-    ls = sub.add_parser("list", help="list registered methods, backbones, presets, datasets "
-                        "or recipes")
-    ls.add_argument("what", choices=["methods", "backbones", "presets", "datasets", "recipes"])
-    ls.add_argument("--all", nargs="?", const="", default=None, metavar="PATTERN",
-                    help="backbones: also every timm:NAME and torchvision:NAME model (only names "
-                    "containing PATTERN when given; wildcards * ? allowed)")
-    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    ls = sub.add_parser("list", help="list registered methods (with their hyper-parameters), "
+                        "backbones, presets, datasets or recipes")
+    add_list_args(ls)
     ls.set_defaults(func=cmd_list)
 
     de = sub.add_parser("demo", help="pretrain SimCLR on scikit-learn's digits and evaluate it")

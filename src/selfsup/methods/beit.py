@@ -93,7 +93,7 @@ class BEiTConfig:
     max_num_patches: int = 0  # largest block; 0 = the masked count (MaskingGenerator: None)
     min_aspect: float = 0.3  # block aspect range 0.3 - 1/0.3 (Alg. 1)
     input_mean: list[float] | None = None  # the view's normalisation (filled in by the trainer)
-    input_std: list[float] | None = None
+    input_std: list[float] | None = None  # its std (filled in by the trainer)
 
 
 Config = BEiTConfig
