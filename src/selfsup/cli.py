@@ -117,19 +117,29 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    import csv
+
     import numpy as np
 
-    from selfsup.engine.evaluate import embed_checkpoint
+    from selfsup.engine.evaluate import embed_rows
 
-    f, y = embed_checkpoint(args.checkpoint, args.data, split=args.split,
-                            batch_size=args.batch_size, device=args.device)
+    f, y, names, classes = embed_rows(args.checkpoint, args.data, split=args.split,
+                                      batch_size=args.batch_size, device=args.device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
-        np.savez(out, embeddings=f, labels=y)
+        np.savez(out, embeddings=f, labels=y, paths=np.array(names),
+                 class_names=np.array(classes or []))
     else:
         np.save(out, f)
-    _emit(args, {"out": str(out), "shape": list(f.shape)}, f"wrote {f.shape} embeddings to {out}")
+    rows = out.with_suffix(".rows.csv")  # row i of the embeddings is line i + 1 here
+    with rows.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row", "path", "label", "class"])
+        for i, (name, label) in enumerate(zip(names, y.tolist(), strict=True)):
+            w.writerow([i, name, label, classes[label] if classes and label >= 0 else ""])
+    _emit(args, {"out": str(out), "shape": list(f.shape), "rows": str(rows)},
+          f"wrote {f.shape} embeddings to {out} (row i: line i + 1 of {rows})")
     return 0
 
 
@@ -221,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help="print one JSON object")
     rp.set_defaults(func=cmd_report)
 
-    em = sub.add_parser("embed", help="write embeddings of a dataset (.npy, or .npz with labels)")
+    em = sub.add_parser("embed", help="write embeddings of a dataset (.npy, or .npz with labels, "
+                        "paths and class names) and OUT.rows.csv (row, path, label, class)")
     em.add_argument("--checkpoint", required=True, help="a run's last.pt")
     em.add_argument("--data", required=True, help="folder, array file or built-in name")
     em.add_argument("--split", default="all", help="split of a built-in/npz source (all)")

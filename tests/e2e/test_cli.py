@@ -64,6 +64,9 @@ def test_embed_and_export(ckpt: Path, tmp_path: Path) -> None:
                      "--out", str(tmp_path / "e.npy"), "--json"))
     emb = np.load(tmp_path / "e.npy")
     assert emb.shape == (1797, r["shape"][1]) and np.isfinite(emb).all()
+    rows = (tmp_path / "e.rows.csv").read_text().splitlines()  # row i of emb: line i + 1
+    assert r["rows"] == str(tmp_path / "e.rows.csv") and len(rows) == 1798
+    assert rows[0] == "row,path,label,class" and rows[1].startswith("0,digits (all)#0,0,0")
     r = one_json(run("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "enc.pt"),
                      "--json"))
     assert r["in_chans"] == 1 and r["image_size"] == 8 and r["num_features"] == emb.shape[1]

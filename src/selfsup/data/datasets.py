@@ -119,6 +119,13 @@ class ImageDataset(Dataset):
         """Device of the image storage (CPU for folders)."""
         return self._images.device if self._images is not None else torch.device("cpu")
 
+    def row_names(self) -> list[str]:
+        """One name per sample, in sample order: the file path for folders, else
+        ``"<source>#<row>"`` (the row of the source array), so outputs can be matched to inputs."""
+        if self._folder is not None:
+            return [self._folder.files[self._row(i)] for i in range(len(self))]
+        return [f"{self.source}#{self._row(i)}" for i in range(len(self))]
+
     def _row(self, i: int) -> int:
         return int(self._rows[i]) if self._rows is not None else i
 
@@ -280,7 +287,8 @@ def _eurosat_ms(split: str = "train", image_size: int | None = None,
 
 
 def open_dataset(path: Any, *, split: str = "train", image_size: int | None = None,
-                 strict: bool = False, limit: int | None = None) -> ImageDataset:
+                 strict: bool = False, limit: int | None = None, size_hint: bool = True
+                 ) -> ImageDataset:
     """Open a folder, an ``.npz``/``.npy`` file or a built-in dataset by name, or take images
     from Python (:mod:`selfsup.data.python_data`).
 
@@ -290,7 +298,7 @@ def open_dataset(path: Any, *, split: str = "train", image_size: int | None = No
             (no splits: every ``split`` gives all of it).
         split: ``train``, ``test`` or ``all`` (built-ins and npz files with x_train/x_test).
         image_size: center-crop and resize every image to this square side; None keeps the
-            native size (a folder of mixed sizes uses 224).
+            native size (a folder of mixed sizes: the median shorter side).
         strict: fail on unreadable image files instead of skipping them with a warning.
         limit: keep only the first ``limit`` samples (class folders: evenly spaced).
 
@@ -317,7 +325,8 @@ def open_dataset(path: Any, *, split: str = "train", image_size: int | None = No
         assert isinstance(ds, ImageDataset)
         return ds
     if p.is_dir():
-        folder, flabels, classes = open_folder(p, image_size=image_size, strict=strict, limit=limit)
+        folder, flabels, classes = open_folder(p, image_size=image_size, strict=strict, limit=limit,
+                                               size_hint=size_hint)
         if split == "test":
             logger.info("'%s' is a folder without splits; using all its images", p)
         return ImageDataset(labels=torch.tensor(flabels, dtype=torch.int64), source=str(p),

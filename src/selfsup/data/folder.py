@@ -196,8 +196,18 @@ def scan(root: Path) -> tuple[list[str], list[int], list[str] | None]:
     top = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     top_images = [p for p in top if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
     classes = [p for p in top if p.is_dir()]
-    per_class = {p.name: walk(p) for p in classes} if not top_images else {}
+    per_class = {p.name: walk(p) for p in classes}
     per_class = {k: v for k, v in per_class.items() if v}
+    if top_images and len(per_class) >= 2:
+        # a few stray files beside class folders: say why the set is unlabeled and how to fix it
+        logger.warning(
+            "'%s' has %d image(s) at its top level (%s) beside %d subfolders of images (%s): "
+            "reading it as one unlabeled set. To use the subfolders as classes, move the "
+            "top-level images into a subfolder or out of '%s'", root, len(top_images),
+            ", ".join(p.name for p in top_images[:3]) + (" ..." if len(top_images) > 3 else ""),
+            len(per_class), ", ".join(list(per_class)[:5]) +
+            (" ..." if len(per_class) > 5 else ""), root)
+        per_class = {}
     if len(per_class) < 2:
         files = walk(root)
         return files, [-1] * len(files), None
@@ -287,16 +297,18 @@ class FolderImages:
 
 
 def open_folder(
-    root: Path, *, image_size: int | None, strict: bool, limit: int | None
+    root: Path, *, image_size: int | None, strict: bool, limit: int | None,
+    size_hint: bool = True,
 ) -> tuple[FolderImages, list[int], list[str] | None]:
     """Scan and probe an image folder.
 
     Args:
         root: the folder.
         image_size: square side to bring every image to; None keeps the common native size
-            (224 with a log line when sizes differ).
+            (when sizes differ: the median shorter side, with a log line).
         strict: raise instead of skipping unreadable files.
         limit: keep only this many files (evenly spaced over a class folder so each class stays).
+        size_hint: name ``--image-size`` in that log line (commands without the option: False).
 
     Returns:
         ``(images, labels, class_names)``.
@@ -337,8 +349,12 @@ def open_folder(
     elif len(sizes) == 1:
         size, square = (first.height, first.width), False
     else:
-        size, square = (224, 224), True
-        logger.info("images in '%s' have %d different sizes; center-cropping and resizing to "
-                    "224x224 (set data.image_size to choose)", root, len(sizes))
+        sides = sorted(min(i.height, i.width) for i in infos)
+        side = sides[len(sides) // 2]
+        size, square = (side, side), True
+        logger.info("images in '%s' have %d different sizes (shorter sides %d-%d px); "
+                    "center-cropping and resizing to %dx%d, their median shorter side%s", root,
+                    len(sizes), sides[0], sides[-1], side, side,
+                    " (--image-size chooses another)" if size_hint else "")
     images = FolderImages(files, first.channels, first.dtype, size, square, force_rgb)
     return images, labels, class_names

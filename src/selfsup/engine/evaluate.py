@@ -4,6 +4,7 @@ nothing useful)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
 from selfsup.eval.report import raw_pixel_features
 from selfsup.types import ConfigError, DataError
+
+logger = logging.getLogger("selfsup")
 
 PROBES = ("knn", "linear")
 
@@ -40,12 +43,14 @@ def eval_data(data: Any, test_data: Any, *, image_size: int | None = None,
         DataError: if either set has no labels.
     """
     if test_data is not None:
-        train = open_dataset(data, split="train", image_size=image_size, limit=limit)
-        test = open_dataset(test_data, split="test", image_size=image_size, limit=limit)
+        train = open_dataset(data, split="train", image_size=image_size, limit=limit,
+                             size_hint=False)
+        test = open_dataset(test_data, split="test", image_size=image_size, limit=limit,
+                            size_hint=False)
         note = f"test set '{test_data}'"
     else:
-        train = open_dataset(data, split="train", image_size=image_size)
-        test_split = open_dataset(data, split="test", image_size=image_size)
+        train = open_dataset(data, split="train", image_size=image_size, size_hint=False)
+        test_split = open_dataset(data, split="test", image_size=image_size, size_hint=False)
         if test_split.source != train.source:
             test, note = test_split, f"test split of '{data}'"
         else:
@@ -59,6 +64,13 @@ def eval_data(data: Any, test_data: Any, *, image_size: int | None = None,
             raise DataError(f"{name} data '{ds.source}' has no labels; kNN and linear probes need "
                             "labeled images (a folder with one subfolder per class, or an array "
                             "file with labels)")
+    counts = torch.bincount(train.labels[train.labels >= 0])
+    single = [int(c) for c in torch.nonzero(counts == 1).flatten()]
+    if single:
+        names = [train.class_names[c] if train.class_names else str(c) for c in single]
+        logger.warning("%d class(es) have one labeled training image only (%s): their kNN and "
+                       "linear-probe scores rest on that image", len(single),
+                       ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
     return EvalData(train, test, note)
 
 
@@ -108,6 +120,10 @@ def evaluate_checkpoint(checkpoint: str, data: Any = None, test_data: Any = None
         if ds.channels != run.in_chans:
             raise DataError(f"'{ds.source}' has {ds.channels} channels but the encoder in "
                             f"'{checkpoint}' takes {run.in_chans}")
+    n_train = int((ed.train.labels >= 0).sum())
+    if "knn" in which and k > n_train:
+        logger.warning("kNN k=%d is more than the %d labeled training images: every image votes "
+                       "(set --k below %d for a nearest-neighbour vote)", k, n_train, n_train)
     dev = pick_device(device)
     kw: dict[str, Any] = {"k": k, "t": temperature, "seed": seed, "device": dev}
     encoders = {"pretrained": run.encoder}
@@ -130,17 +146,35 @@ def evaluate_checkpoint(checkpoint: str, data: Any = None, test_data: Any = None
 
 
 def embed_checkpoint(checkpoint: str, data: Any, *, split: str = "all", batch_size: int = 256,
-                     device: str = "auto", backbone: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     device: str = "auto", backbone: nn.Module | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``[N, D]`` (float32) and labels ``[N]`` (-1 unlabeled) of ``data``.
 
     Raises:
         DataError: if the data's channel count differs from the encoder's.
     """
+    f, y, _, _ = embed_rows(checkpoint, data, split=split, batch_size=batch_size, device=device,
+                            backbone=backbone)
+    return f, y
+
+
+def embed_rows(checkpoint: str, data: Any, *, split: str = "all", batch_size: int = 256,
+               device: str = "auto", backbone: nn.Module | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+    """:func:`embed_checkpoint` with what each row is: ``(embeddings, labels, names, classes)``.
+
+    Rows follow the dataset's order: a folder's files sorted by path (class folders in sorted
+    order, their index the label), an array's rows as stored; ``names`` holds each row's file
+    path (``"<source>#<row>"`` for arrays), ``classes`` the class names (None if unlabeled).
+
+    Raises:
+        DataError: if the data's channel count differs from the encoder's.
+    """
     run = load_run(checkpoint, backbone=backbone)
-    ds = open_dataset(data, split=split)
+    ds = open_dataset(data, split=split, size_hint=False)  # the encoder's input size applies
     if ds.channels != run.in_chans:
         raise DataError(f"'{ds.source}' has {ds.channels} channels but the encoder in '{checkpoint}' "
                         f"takes {run.in_chans}")
     dev = pick_device(device)
     f, y = _features(run.encoder.to(dev), ds, run, dev, batch_size)
-    return f.numpy().astype(np.float32), y.numpy()
+    return f.numpy().astype(np.float32), y.numpy(), ds.row_names(), ds.class_names

@@ -163,6 +163,11 @@ def pretrain(cfg: RunConfig, *, resume: bool = False, stop_at: int | None = None
         raise DataError(f"dataset '{cfg.data.path}' has {len(parts.train)} images, fewer than one "
                         f"batch ({B} x {world} processes x {accum} accumulation); lower "
                         "--batch-size")
+    used = steps_per_epoch * accum * B * world
+    if used < 0.75 * len(parts.train) and dist.is_main():  # over a quarter dropped
+        logger.warning("batch %d x %d process(es) x %d accumulation uses %d of the %d images per "
+                       "epoch (incomplete batches are dropped); lower --batch-size to train on "
+                       "more of them", B, world, accum, used, len(parts.train))
     total = cfg.train.steps or cfg.train.epochs * steps_per_epoch
     ocfg = resolve(cfg.optim, type(method).default_optim)
     cfg = replace(cfg, optim=ocfg)
