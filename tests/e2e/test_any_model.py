@@ -29,7 +29,7 @@ def test_cli_pretrains_and_evaluates_models_outside_the_builtins(tmp_path, backb
     assert r["step"] == 3
     e = one_json(run("eval", "knn", "--checkpoint", r["checkpoint"], "--limit", "300",
                      "--no-baselines", "--json"))
-    assert 10 < e["top1"] <= 100  # above chance: features neither constant nor NaN
+    assert 10 < e["rows"]["pretrained"]["knn_top1"] <= 100  # above chance: features neither constant nor NaN
 
 
 def test_unknown_external_model_is_one_clear_line(tmp_path) -> None:

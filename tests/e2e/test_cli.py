@@ -41,10 +41,18 @@ def ckpt(tmp_path_factory) -> Path:
 
 def test_eval_knn_and_linear_json(ckpt: Path) -> None:
     r = one_json(run("eval", "knn", "--checkpoint", str(ckpt), "--data", "digits", "--json"))
-    assert {"top1", "top5", "random_init_top1", "raw_pixels_top1"} <= set(r)
-    assert 0 <= r["top1"] <= 100 and r["test_size"] > 300
+    assert set(r["rows"]) == {"pretrained", "random init", "raw pixels"}
+    assert 0 <= r["rows"]["pretrained"]["knn_top1"] <= 100 and r["test_size"] > 300
+    assert r["knn"] == {"k": 200, "temperature": 0.1} and "linear" not in r
+    assert r["probes"] == ["knn"] and "top1" not in r  # no unlabelled shortcut
+    # one schema: the CLI prints what selfsup.evaluate() returns
+    import selfsup
+
+    api = selfsup.evaluate(ckpt, "digits", which=("knn",))
+    assert set(api) == set(r) and api["rows"] == r["rows"]
     r = one_json(run("eval", "linear", "--checkpoint", str(ckpt), "--json", "--no-baselines"))
-    assert "top1" in r and "random_init_top1" not in r
+    assert set(r["rows"]) == {"pretrained"} and "linear_top1" in r["rows"]["pretrained"]
+    assert "knn" not in r and r["linear"]["val_fraction"] == 0.2
     text = run("eval", "knn", "--checkpoint", str(ckpt)).stdout
     assert "random init" in text and "raw pixels" in text
 

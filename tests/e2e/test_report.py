@@ -75,7 +75,8 @@ def test_cli_report_and_eval_report(run_dir: Path) -> None:
     r = json.loads(p.stdout)
     assert r["report"].endswith("report.html")
     saved = json.loads((run_dir / "report" / "eval.json").read_text())
-    assert saved["train_size"] == 200 and saved["rows"]["pretrained"]["knn_top1"] == r["top1"]
+    assert saved["train_size"] == 200 and saved["rows"]["pretrained"]["knn_top1"] == \
+        r["rows"]["pretrained"]["knn_top1"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")

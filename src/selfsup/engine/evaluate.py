@@ -25,6 +25,7 @@ from selfsup.types import ConfigError, DataError
 logger = logging.getLogger("selfsup")
 
 PROBES = ("knn", "linear")
+LINEAR_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)  # the linear probe's search
 
 
 @dataclass
@@ -87,7 +88,8 @@ def _probe(which: Sequence[str], ftr: Tensor, ytr: Tensor, fte: Tensor, yte: Ten
         r = knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=t)
         out.update({"knn_top1": r["top1"], "knn_top5": r["top5"]})
     if "linear" in which:
-        r = linear_probe(ftr, ytr, fte, yte, seed=seed, device=device)
+        r = linear_probe(ftr, ytr, fte, yte, weight_decays=LINEAR_WEIGHT_DECAYS, seed=seed,
+                         device=device)
         out.update({"linear_top1": r["top1"], "linear_top5": r["top5"]})
     return out
 
@@ -103,8 +105,11 @@ def evaluate_checkpoint(checkpoint: str, data: Any = None, test_data: Any = None
     a Python run trained (:func:`~selfsup.engine.runs.load_run`).
 
     Returns:
-        ``{"rows": {"pretrained": {...}, "random init": {...}, "raw pixels": {...}}, "train_size",
-        "test_size", "test": note, "k", "temperature", "checkpoint", "step"}``.
+        The schema ``selfsup eval --json`` prints too (docs/evaluation.md): ``{"checkpoint",
+        "step", "probes", "train_size", "test_size", "test": how the test set was obtained,
+        "rows": {"pretrained" | "random init" | "raw pixels": {"knn_top1", "knn_top5",
+        "linear_top1", "linear_top5"} (the probes run)}, "knn": {"k", "temperature"} (when
+        run), "linear": {...} (when run)}``.
 
     Raises:
         ConfigError: unknown probe; DataError: unlabeled data or a channel count the encoder does
@@ -140,9 +145,15 @@ def evaluate_checkpoint(checkpoint: str, data: Any = None, test_data: Any = None
         ftr = raw_pixel_features(ed.train, prep)
         fte = raw_pixel_features(ed.test, prep)
         rows["raw pixels"] = _probe(which, ftr, ed.train.labels, fte, ed.test.labels, **kw)
-    return {"rows": rows, "train_size": len(ed.train), "test_size": len(ed.test),
-            "test": ed.note, "k": k, "temperature": temperature, "checkpoint": str(checkpoint),
-            "step": run.step}
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "step": run.step,
+                           "probes": list(which), "train_size": len(ed.train),
+                           "test_size": len(ed.test), "test": ed.note, "rows": rows}
+    if "knn" in which:
+        out["knn"] = {"k": k, "temperature": temperature}
+    if "linear" in which:
+        # the probe's L2 weight decay is chosen per row on a held-out part of train
+        out["linear"] = {"weight_decays": list(LINEAR_WEIGHT_DECAYS), "val_fraction": 0.2}
+    return out
 
 
 def embed_checkpoint(checkpoint: str, data: Any, *, split: str = "all", batch_size: int = 256,
