@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import selfsup.methods  # noqa: F401  (registers the methods)
-from selfsup.losses.ibot import ibot_patch_loss
+from selfsup.losses.ibot import ibot_patch_loss, ibot_patch_loss_masked
 from selfsup.methods.base import build_method
 from selfsup.nn.backbones import create_backbone
 from selfsup.types import Batch, ConfigError, DataError
@@ -119,6 +119,32 @@ def test_patch_loss_sees_only_masked_patches() -> None:
     moved = s.detach().clone()
     moved[m] += 1.0 + torch.randn(int(m.sum()), 4)
     assert ibot_patch_loss(moved, q, m).item() != pytest.approx(loss.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masked_only_loss_and_head_equal_the_full_ones(seed: int) -> None:
+    """The student head on masked patches only (the speed-up): same loss, same gradients."""
+    from selfsup.nn.heads import IBOTHead
+
+    g = torch.Generator().manual_seed(seed)
+    v, b, n, d = 2, 3, 5, 8
+    head = IBOTHead(d, 12, shared=False, patch_out_dim=10, hidden_dim=16, bottleneck_dim=6)
+    tokens = torch.randn(v * b, 1 + n, d, generator=g, requires_grad=True)
+    m = torch.rand(v, b, n, generator=g) < 0.4
+    m[0, 0] = False  # an image without masked patches
+    q = torch.softmax(torch.randn(v, b, n, 10, generator=g), dim=-1)
+    cls_full, patch_full = head.forward_tokens(tokens)
+    full = ibot_patch_loss(patch_full.view(v, b, n, -1), q, m, 0.1) + cls_full.sum()
+    (g_full,) = torch.autograd.grad(full, tokens)
+    cls_m, patch_m = head.forward_tokens(tokens, patch_mask=m.flatten(0, 1))
+    torch.testing.assert_close(cls_m, cls_full)
+    torch.testing.assert_close(patch_m, patch_full[m.flatten(0, 1)])
+    part = ibot_patch_loss_masked(patch_m, q, m, 0.1) + cls_m.sum()
+    (g_part,) = torch.autograd.grad(part, tokens)
+    torch.testing.assert_close(part, full)
+    torch.testing.assert_close(g_part, g_full)
+    with pytest.raises(DataError, match="masks.sum"):
+        ibot_patch_loss_masked(patch_m[1:], q, m)
 
 
 def test_patch_loss_rejects_bad_input() -> None:

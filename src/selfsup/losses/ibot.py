@@ -24,7 +24,7 @@ from torch import Tensor
 
 from selfsup.types import ConfigError, DataError
 
-__all__ = ["ibot_patch_loss"]
+__all__ = ["ibot_patch_loss", "ibot_patch_loss_masked"]
 
 
 def ibot_patch_loss(student_patch: Tensor, targets: Tensor, masks: Tensor,
@@ -63,4 +63,38 @@ def ibot_patch_loss(student_patch: Tensor, targets: Tensor, masks: Tensor,
     ce = -(targets.detach().to(log_p.dtype) * log_p).sum(dim=-1)  # [V, B, N]
     m = masks.to(log_p.dtype)
     per_image = (ce * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)  # [V, B]
+    return per_image.mean()
+
+
+def ibot_patch_loss_masked(student_masked: Tensor, targets: Tensor, masks: Tensor,
+                           student_temp: float = 0.1) -> Tensor:
+    """:func:`ibot_patch_loss` from the masked patches' logits only: the same value and
+    gradient, without the student head on patches that never enter the loss.
+
+    Args:
+        student_masked: student logits ``[M, K]`` of the masked patches, in the order of
+            ``masks.nonzero()`` (view, image, patch), ``M = masks.sum()``.
+        targets: the teacher's distributions of **all** patches ``[V, B, N, K]`` (detached).
+        masks: ``[V, B, N]`` bool, True where the student's patch was masked.
+        student_temp: ``tau_s`` > 0.
+
+    Raises:
+        DataError: for shapes that do not fit together; ConfigError: a non-positive temperature.
+    """
+    if targets.dim() != 4 or masks.shape != targets.shape[:3] or student_masked.dim() != 2 \
+            or student_masked.shape != (int(masks.sum()), targets.shape[-1]):
+        raise DataError("ibot_patch_loss_masked: need masked student logits [M, K] with M = "
+                        f"masks.sum(), targets [V, B, N, K] and masks [V, B, N]; got "
+                        f"{tuple(student_masked.shape)}, {tuple(targets.shape)}, "
+                        f"{tuple(masks.shape)}")
+    if student_temp <= 0:
+        raise ConfigError(f"student temperature must be > 0, got {student_temp}")
+    m = masks.bool()
+    s = student_masked if student_masked.dtype == torch.float64 else student_masked.float()
+    log_p = F.log_softmax(s / student_temp, dim=-1)  # [M, K]
+    ce = -(targets.detach()[m].to(log_p.dtype) * log_p).sum(dim=-1)  # [M]
+    v, b = masks.shape[:2]
+    image = torch.arange(v * b, device=ce.device).view(v, b, 1).expand_as(m)[m]  # [M]
+    sums = torch.zeros(v * b, dtype=ce.dtype, device=ce.device).index_add(0, image, ce)
+    per_image = sums / m.flatten(0, 1).sum(dim=-1).clamp(min=1).to(ce.dtype)  # [V * B]
     return per_image.mean()

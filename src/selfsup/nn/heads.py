@@ -214,14 +214,22 @@ class IBOTHead(DINOHead):
         ``cancel_gradients_last_layer`` matches ``last_layer`` and ``last_layer2``)."""
         return [self.last_layer] + ([] if self.patch_layer is None else [self.patch_layer])
 
-    def forward_tokens(self, tokens: Tensor,
-                       freeze_last_layer: bool = False) -> tuple[Tensor, Tensor]:
+    def forward_tokens(self, tokens: Tensor, freeze_last_layer: bool = False,
+                       patch_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``[B, 1 + N, D]`` tokens ([CLS] first) -> ``([B, K], [B, N, K'])`` logits.
 
         ``freeze_last_layer``: zero gradient to the last layers, kept in the graph (see
-        :meth:`DINOHead.forward`)."""
-        z = F.normalize(self.mlp(tokens), dim=-1, p=2)  # [B, 1 + N, bottleneck_dim]
-        cls: Tensor = self.last_layer(z[:, 0], frozen=freeze_last_layer)
+        :meth:`DINOHead.forward`). ``patch_mask`` ``[B, N]`` bool: the patch logits of those
+        patches only, ``[M, K']`` in ``patch_mask.nonzero()`` order; the head works token by
+        token (no BatchNorm), so they equal the full output's ``[patch_mask]`` rows."""
+        if patch_mask is None:
+            z = F.normalize(self.mlp(tokens), dim=-1, p=2)  # [B, 1 + N, bottleneck_dim]
+            z_cls, z_patch = z[:, 0], z[:, 1:]
+        else:
+            picked = torch.cat([tokens[:, 0], tokens[:, 1:][patch_mask]])  # [B + M, D]
+            z = F.normalize(self.mlp(picked), dim=-1, p=2)
+            z_cls, z_patch = z[:tokens.shape[0]], z[tokens.shape[0]:]
+        cls: Tensor = self.last_layer(z_cls, frozen=freeze_last_layer)
         layer = self.last_layer if self.patch_layer is None else self.patch_layer
-        patch: Tensor = layer(z[:, 1:], frozen=freeze_last_layer)
+        patch: Tensor = layer(z_patch, frozen=freeze_last_layer)
         return cls, patch
