@@ -67,3 +67,35 @@ def test_a_method_without_vit_is_a_one_line_cli_error(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("selfsup: error: selfsup visualize: "
                                                         "method 'simclr' has no picture")
+
+
+def test_beit_grid_decodes_true_and_predicted_tokens(tmp_path: Path) -> None:
+    """BEiT with a vq_tokenizer: the masked row, then the tokenizer's decoding of the true tokens
+    and of the tokens with BEiT's predictions where masked. Where every prediction is replaced
+    by the true token, the two decodings are the same picture."""
+    import torch
+
+    from selfsup.engine.visualize import load_method
+
+    tok = _run(tmp_path, "vq_tokenizer", codebook_size=16, code_dim=8, hidden_dim=16)
+    ckpt = _run(tmp_path, "beit", tokenizer=tok)
+    res = visualize(ckpt, str(tmp_path / "grid.png"), num=2)
+    assert res["rows"] == ["original", "masked", "tokenizer decoding of the true tokens",
+                           "decoding with predicted tokens where masked", "patch-feature PCA"]
+    img = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB"))
+    assert img.shape == (5 * 6 * SIZE, 2 * 6 * SIZE, 3)
+    # the true-token row is the tokenizer's own reconstruction, in the view's units
+    method, _, norm, size = load_method(ckpt)
+    from selfsup.data.datasets import open_dataset
+    from selfsup.engine.runs import preprocessor
+
+    raw, _ = open_dataset("digits", limit=2).get_batch(torch.arange(2))
+    x = preprocessor(norm, size)(raw)
+    with torch.no_grad():
+        t = method.tokenizer
+        rec = t.decode(t.quantizer(t.encode(x * method.tok_scale + method.tok_shift)).quantized)
+    mean, std = torch.tensor(norm.mean).view(1, -1, 1, 1), torch.tensor(norm.std).view(1, -1, 1, 1)
+    want = ((rec - method.tok_shift) / method.tok_scale * std + mean).clamp(0, 1)  # [2, 1, S, S]
+    s = 6 * SIZE
+    got = img[2 * s:3 * s, :s, 0].astype(np.float32)[::6, ::6] / 255  # first image, grey
+    np.testing.assert_allclose(got, want[0, 0].numpy(), atol=1.5 / 255)

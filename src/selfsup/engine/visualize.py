@@ -6,6 +6,8 @@ One PNG grid, one column per image:
   grey) and the reconstruction with the visible patches pasted back (MAE's
   ``run_one_image`` shows the same three rows). MAE's per-patch normalised predictions are
   mapped back to pixels with each true patch's mean and variance, as its demo notebook does.
+- BEiT with a selfsup ``vq_tokenizer``: the masked input, the tokenizer's decoding of the
+  image's true tokens, and of the tokens with BEiT's predictions at the masked patches.
 - any ViT method (I-JEPA, DINO, ...): the original and the first three principal components of
   the encoder's patch tokens as an RGB map (the PCA figures of DINO and I-JEPA), each image's
   components scaled to [0, 1].
@@ -131,6 +133,8 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
         rows.append(("masked", _display(x * (1 - pix), mean, std) * _keep_grey(m, patch, x)
                      + _grey(m, patch, x)))
         rows.append(("reconstruction + visible", _display(x * (1 - pix) + rec * pix, mean, std)))
+    elif hasattr(m_, "lm_head") and hasattr(m_, "tokenize"):  # BEiT
+        rows += _beit_rows(m_, vit, x, mean, std, patch, gen)
     tokens = vit.forward_tokens(x)[:, getattr(vit, "num_prefix_tokens", 1):]
     rows.append(("patch-feature PCA", _pca_map(tokens, size // patch, size)))
     grid = torch.cat([torch.cat(list(r), dim=2) for _, r in rows], dim=1)  # [3, rows H, B W]
@@ -143,6 +147,36 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
     pil.save(path)
     logger.info("wrote %s: rows %s, %d images", path, [r for r, _ in rows], x.shape[0])
     return {"out": str(path), "rows": [r for r, _ in rows], "images": int(x.shape[0])}
+
+
+def _beit_rows(m_: Any, vit: Any, x: Tensor, mean: Tensor, std: Tensor, patch: int,
+               gen: torch.Generator) -> list[tuple[str, Tensor]]:
+    """BEiT: the masked input, the tokenizer's decoding of the true tokens (what the tokenizer
+    keeps of an image) and of the tokens with BEiT's predictions at the masked patches. Only for
+    a selfsup ``vq_tokenizer`` (a user tokenizer module has no decoder we know of)."""
+    mask = m_.sample_masks(x.shape[0], None, gen)["mask"]
+    m = mask.unsqueeze(-1).to(x.dtype)
+    pix = unpatchify(m.expand(-1, -1, patch * patch * x.shape[1]), patch, x.shape[1])
+    rows = [("masked", _display(x * (1 - pix), mean, std) * _keep_grey(m, patch, x)
+             + _grey(m, patch, x))]
+    tok = m_.tokenizer
+    if not (callable(getattr(tok, "decode", None)) and hasattr(tok, "quantizer")):
+        return rows
+    labels = m_.tokenize(x)  # [B, N]
+    tokens = vit.forward_tokens(x, mask=mask, mask_token=m_.mask_token)[:, 1:]
+    ids = torch.where(mask, m_.lm_head(tokens).argmax(-1), labels)
+    g = m_.grid
+
+    def decoded(t: Tensor) -> Tensor:
+        codes = tok.quantizer.codes()[t].view(t.shape[0], g, g, -1)  # [B, g, g, code_dim]
+        img = (tok.decode(codes) - m_.tok_shift) / m_.tok_scale  # back to the view's units
+        if img.shape[-1] != x.shape[-1]:
+            img = F.interpolate(img, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return _display(img, mean, std)
+
+    rows.append(("tokenizer decoding of the true tokens", decoded(labels)))
+    rows.append(("decoding with predicted tokens where masked", decoded(ids)))
+    return rows
 
 
 def _pixels(m: Tensor, patch: int, x: Tensor) -> Tensor:
