@@ -76,3 +76,43 @@ def test_bad_settings_are_clear_errors() -> None:
         _simmim(mask_patch_size=6)
     with pytest.raises(ConfigError, match="simmim needs a ViT backbone"):
         build_method("simmim", create_backbone("small_cnn", in_chans=3, image_size=SIZE))
+
+
+def _simmim_convvit(**kw: object) -> nn.Module:
+    torch.manual_seed(0)
+    enc = create_backbone("convvit_tiny", in_chans=3, image_size=SIZE, depth=1, conv_depth=1)
+    return build_method("simmim", enc, **kw)
+
+
+def test_hierarchical_encoder_masks_after_the_first_embedding() -> None:
+    """ConvViT (strides 1, 2, 2 at 16 px: total stride 4, a 4 x 4 grid): masked pixels reach
+    nothing, the mask token does, and every final token's 4 x 4 pixels are predicted."""
+    m = _simmim_convvit().eval()
+    assert m.hierarchical and m.patch == 4 and m.mask_patch == 4 and m.mask_token.shape[-1] == 64
+    x = torch.randn(2, 3, SIZE, SIZE)
+    mask = m.sample_masks(2, generator=torch.Generator().manual_seed(0))["mask"]
+    assert mask.shape == (2, 16) and int(mask[0].sum()) == 10  # ceil(16 x 0.6) mask patches
+    pix = mask.view(2, 1, 4, 4).repeat_interleave(4, 2).repeat_interleave(4, 3).bool()
+    other = torch.where(pix.expand_as(x), torch.randn_like(x) * 5, x)
+    with torch.no_grad():
+        rec, tok = m.reconstruct(x, mask)
+        rec2, tok2 = m.reconstruct(other, mask)
+        torch.testing.assert_close(rec, rec2)  # the masked pixels are invisible
+        torch.testing.assert_close(tok, tok2)
+        assert rec.shape == x.shape and tok.shape == (2, 16, m.backbone.num_features)
+        # with no patch masked it is the plain encoder; the token matters where one is masked
+        plain = m.backbone.forward_tokens(x)
+        torch.testing.assert_close(m.reconstruct(x, torch.zeros_like(mask))[1], plain)
+        m.mask_token.add_(1.0)
+        assert not torch.allclose(m.reconstruct(x, mask)[1], tok)
+
+
+def test_hierarchical_step_trains_the_token_and_the_head() -> None:
+    m = _simmim_convvit().train()
+    x = torch.randn(4, 3, SIZE, SIZE)
+    out = m.training_step(Batch(views=[x], index=torch.arange(4)))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    for name in ("mask_token", "decoder.0.weight", "backbone.patch_embed1.proj.weight"):
+        p = dict(m.named_parameters())[name]
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -32,7 +32,15 @@ exempts the class token from weight decay (``no_weight_decay``; the mask token i
 ViTs, as here); the library's decay groups exempt parameters with fewer than 2 dimensions only,
 so the class token and the absolute position embedding are decayed. Its schedule is multi-step
 (x0.1 at epoch 700 of 800) with warm-up from 5e-7; cosine here, warm-up from lr / steps.
-Hierarchical (Swin / conv) encoders are not supported yet.
+
+Hierarchical encoder (sec. 3.1 and the reference's ``SwinTransformerForSimMIM``): with
+``--backbone convvit_tiny`` / ``convvit_base`` (ConvMAE's conv-transformer; Swin itself is not
+in the library) the mask token replaces the masked positions right after the first patch
+embedding, every convolution and transformer block then sees it (no masked convolution), and
+the head predicts each final token's ``total stride x total stride`` pixels; mask patches default
+to the total stride (the reference's 32-px mask patches over Swin's stride 32). The patch
+embedding's kernel equals its stride, so masked pixels reach nothing (tested). The mask token
+there has the first stage's width.
 
 Features for evaluation: the mean of the patch tokens (``eval_pool = "avg"`` fills
 ``backbone.kwargs.global_pool=avg`` unless the user sets it): no loss reaches the class token,
@@ -89,7 +97,7 @@ class SimMIM(Method):
 
     Config: ClassVar[type] = SimMIMConfig
     default_views: ClassVar[str] = "simmim"
-    backbone_kind: ClassVar[str] = "vit"
+    backbone_kind: ClassVar[str] = "vit"  # or ConvMAE's hierarchical ConvViT
     # no loss reaches the class token; SimMIM's ViT is fine-tuned on the mean patch token
     # (use_mean_pooling in the reference's finetune configs), so kNN / linear probes read that
     eval_pool: ClassVar[str | None] = "avg"
@@ -110,19 +118,33 @@ class SimMIM(Method):
     def __init__(self, backbone: nn.Module, cfg: SimMIMConfig) -> None:
         super().__init__(backbone, cfg)
         dim = self.feature_dim()
-        self.patch, self.in_chans = check_vit(backbone, "simmim")
+        # a hierarchical encoder (ConvMAE's ConvViT): the mask token enters after the first
+        # patch embedding and the head predicts each final token's total-stride patch, as the
+        # reference's SwinTransformerForSimMIM (encoder_stride 32 over 4-px patch embedding)
+        self.hierarchical = callable(getattr(backbone, "conv_stages", None)) and isinstance(
+            getattr(backbone, "dims", None), tuple)
+        if self.hierarchical:
+            bb: Any = backbone
+            self.patch, self.in_chans = int(bb.patch_size), int(bb.in_chans)
+            token_dim = int(bb.dims[0])
+        else:
+            self.patch, self.in_chans = check_vit(backbone, "simmim")
+            token_dim = dim
         if not 0.0 < cfg.mask_ratio < 1.0:
             raise ConfigError(f"method_args.mask_ratio must be in (0, 1), got {cfg.mask_ratio}")
         image_size = int(self._vit.image_size)
         self.grid = image_size // self.patch
-        self.mask_patch = cfg.mask_patch_size or 2 * self.patch
+        # ViT: twice the patch (the paper's 32 over 16 px); hierarchical: the total stride (32
+        # over Swin's stride 32)
+        self.mask_patch = cfg.mask_patch_size or (self.patch if self.hierarchical
+                                                  else 2 * self.patch)
         if self.mask_patch % self.patch or image_size % self.mask_patch:
             fits = [m for m in range(self.patch, image_size + 1, self.patch)
                     if image_size % m == 0]
             raise ConfigError(f"simmim: method_args.mask_patch_size={self.mask_patch} must be a "
                               f"multiple of the ViT's patch size {self.patch} that divides the "
                               f"image size {image_size} (e.g. {fits[:5]})")
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, token_dim))
         # VisionTransformerForSimMIM: trunc_normal_(std=.02, a=-std, b=std)
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
         self.decoder = nn.Sequential(
@@ -146,7 +168,8 @@ class SimMIM(Method):
     def reconstruct(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Images ``x`` ``[B, C, H, W]`` with patches ``mask`` ``[B, N]`` masked ->
         ``(reconstructed images [B, C, H, W], encoder patch tokens [B, N, D])``."""
-        tokens = self._vit.forward_tokens(x, mask=mask, mask_token=self.mask_token)[:, 1:]
+        tokens = self._vit.forward_tokens(x, mask=mask, mask_token=self.mask_token)
+        tokens = tokens if self.hierarchical else tokens[:, 1:]  # [B, N, D], no class token
         z = tokens.transpose(1, 2).reshape(x.shape[0], -1, self.grid, self.grid)
         out: Tensor = self.decoder(z)
         return out, tokens

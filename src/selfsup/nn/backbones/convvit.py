@@ -190,14 +190,21 @@ class ConvViT(nn.Module):
         p = F.interpolate(p, size=(h, w), mode="bicubic", align_corners=False)
         return p.flatten(2).transpose(1, 2)
 
-    def conv_stages(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def conv_stages(self, x: Tensor, mask: Tensor | None = None,
+                    mask_token: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Stages 1-2 and the stage-3 embedding.
 
         Args:
             x: images ``[B, in_chans, H, W]``, sides multiples of ``patch_size``.
             mask: optional ``[B, N]`` (bool or 0/1, 1 = masked) on the stage-3 grid (the
                 configured ``grid x grid``); upsampled to stages 1 and 2 and applied in every
-                ``CBlock`` (masked convolution).
+                ``CBlock`` (masked convolution, ConvMAE), or, with ``mask_token``, used as
+                SimMIM's (below).
+            mask_token: ``[C1]`` learned token: the masked positions of the stage-1 embedding
+                are replaced by it and every block sees them (SimMIM's hierarchical encoder,
+                ``SwinTransformerForSimMIM``: the token right after the patch embedding); no
+                masked convolution then. The patch embedding's kernel equals its stride, so
+                masked pixels reach nothing.
 
         Returns:
             ``(stage 1 map [B, C1, H/s1, W/s1], stage 2 map [B, C2, H/(s1 s2), W/(s1 s2)],
@@ -210,7 +217,15 @@ class ConvViT(nn.Module):
         """
         h, w = self._grid_of(x)
         vis1 = vis2 = None
-        if mask is not None:
+        replace = None
+        if mask is not None and mask_token is not None:
+            if mask.shape != (x.shape[0], self.num_patches) or (h, w) != (self.grid,) * 2:
+                raise ValueError(f"mask must be [B={x.shape[0]}, N={self.num_patches}] for "
+                                 f"{self.image_size} px images, got {tuple(mask.shape)} for "
+                                 f"{tuple(x.shape[-2:])}")
+            replace = upsample_mask(mask.to(x.dtype), self.grid,
+                                    self.strides[1] * self.strides[2])  # [B, 1, H/s1, W/s1]
+        elif mask is not None:
             if mask.shape != (x.shape[0], self.num_patches) or (h, w) != (self.grid,) * 2:
                 raise ValueError(f"mask must be [B={x.shape[0]}, N={self.num_patches}] for "
                                  f"{self.image_size} px images, got {tuple(mask.shape)} for "
@@ -220,6 +235,8 @@ class ConvViT(nn.Module):
             vis1 = upsample_mask(visible, self.grid, s2 * s3)  # [B, 1, H/s1, W/s1]
             vis2 = upsample_mask(visible, self.grid, s3)  # [B, 1, H/(s1 s2), W/(s1 s2)]
         x = self.patch_embed1(x)
+        if replace is not None and mask_token is not None:
+            x = x * (1 - replace) + mask_token.to(x.dtype).reshape(1, -1, 1, 1) * replace
         for blk in self.blocks1:
             x = blk(x, vis1)
         stage1 = x
@@ -255,9 +272,14 @@ class ConvViT(nn.Module):
         out: Tensor = self.blocks3(tokens)
         return out, stage1, stage2
 
-    def forward_tokens(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W]`` -> all normalised stage-3 tokens ``[B, h w, D]``."""
-        out: Tensor = self.norm(self.blocks3(self.conv_stages(x)[2]))
+    def forward_tokens(self, x: Tensor, mask: Tensor | None = None,
+                       mask_token: Tensor | None = None) -> Tensor:
+        """``[B, in_chans, H, W]`` -> all normalised stage-3 tokens ``[B, h w, D]``; with
+        ``mask`` ``[B, N]`` and ``mask_token`` ``[C1]``, SimMIM's masked encoder (see
+        :meth:`conv_stages`)."""
+        if (mask is None) != (mask_token is None):
+            raise ValueError("forward_tokens: pass mask and mask_token together")
+        out: Tensor = self.norm(self.blocks3(self.conv_stages(x, mask, mask_token)[2]))
         return out
 
     def forward_features(self, x: Tensor) -> Tensor:
