@@ -186,6 +186,30 @@ def test_mae_recipe_layer_decay_groups_and_drop_path() -> None:
         "adamw", 1e-3, 0.75, 0.1, 2)
 
 
+def test_convvit_layer_decay_and_drop_path_follow_convmae() -> None:
+    """ConvMAE's util/lr_decay.py: L = len(blocks3); patch embeddings, position embedding and the
+    convolution stages blocks1/blocks2 at decay^(L+1), blocks3.i at decay^(L-i), the rest at 1;
+    drop path linear over all blocks of the three stages (its ``dpr``)."""
+    from selfsup.eval.finetune import Classifier, param_groups, set_drop_path
+    from selfsup.nn.backbones import create_backbone
+
+    enc = create_backbone("convvit_tiny", in_chans=1, image_size=16, depth=2, conv_depth=1)
+    model = Classifier(enc, 10)
+    scale = {id(p): g["lr_scale"] for g in param_groups(model, 0.05, 0.5) for p in g["params"]}
+    named = dict(model.named_parameters())
+    for name in ("patch_embed1.proj.weight", "patch_embed4.weight", "pos_embed",
+                 "blocks1.0.conv1.weight", "blocks2.0.attn.weight"):
+        assert scale[id(named[f"encoder.{name}"])] == 0.5 ** 3, name
+    assert scale[id(named["encoder.blocks3.0.attn.qkv.weight"])] == 0.5 ** 2
+    assert scale[id(named["encoder.blocks3.1.attn.qkv.weight"])] == 0.5
+    assert scale[id(named["encoder.norm.weight"])] == 1.0 and scale[id(named["fc.weight"])] == 1.0
+    set_drop_path(enc, 0.3)
+    blocks = [*enc.blocks1, *enc.blocks2, *enc.blocks3]
+    rates = [getattr(getattr(b, "drop_path", getattr(b, "drop_path1", None)), "drop_prob", 0.0)
+             for b in blocks]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
 def test_finetune_recipe_auto_is_mae_for_masked_modeling() -> None:
     from selfsup.engine.finetune import finetune_config
 

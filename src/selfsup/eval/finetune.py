@@ -99,24 +99,44 @@ def mae_recipe(**overrides: Any) -> FinetuneConfig:
 
 
 def _vit_layers(encoder: nn.Module) -> int | None:
-    """Number of blocks of a ViT encoder (``blocks`` + ``patch_embed``), else None."""
+    """Number of transformer blocks of a ViT (``blocks`` + ``patch_embed``) or of ConvMAE's
+    ConvViT (``blocks3``), else None."""
     blocks = getattr(encoder, "blocks", None)
     if isinstance(blocks, nn.Sequential) and hasattr(encoder, "patch_embed"):
         return len(blocks)
+    blocks3 = getattr(encoder, "blocks3", None)
+    if isinstance(blocks3, nn.Sequential) and hasattr(encoder, "blocks1"):
+        return len(blocks3)
     return None
 
 
+def _layer_id(sub: str, n: int) -> int:
+    """MAE's ``get_layer_id_for_vit`` (and ConvMAE's ``util/lr_decay.py`` for a ConvViT: its
+    patch embeddings, position embedding and convolution stages ``blocks1``/``blocks2`` are
+    layer 0, ``blocks3.i`` is ``i + 1``); everything else ``n + 1``."""
+    if sub in ("cls_token", "pos_embed") or sub.startswith(("patch_embed", "blocks1.",
+                                                            "blocks2.")):
+        return 0
+    for prefix in ("blocks.", "blocks3."):
+        if sub.startswith(prefix):
+            return int(sub.split(".")[1]) + 1
+    return n + 1
+
+
 def set_drop_path(encoder: nn.Module, rate: float) -> None:
-    """Stochastic depth on a ViT's blocks, linear from 0 to ``rate`` (timm's rule, as MAE's
-    ``drop_path_rate``); a no-op for other encoders or ``rate`` 0."""
+    """Stochastic depth linear from 0 to ``rate`` over a ViT's blocks (timm's rule, as MAE's
+    ``drop_path_rate``), or over all blocks of a ConvViT's three stages (ConvMAE's ``dpr``); a
+    no-op for other encoders or ``rate`` 0."""
     from timm.layers import DropPath
 
-    n = _vit_layers(encoder)
-    if n is None or rate <= 0:
+    if _vit_layers(encoder) is None or rate <= 0:
         return
-    for i, blk in enumerate(cast(nn.Sequential, encoder.blocks)):
-        r = rate * i / max(n - 1, 1)
-        for name in ("drop_path1", "drop_path2"):
+    blocks = list(cast(nn.Sequential, encoder.blocks)) if hasattr(encoder, "blocks") else [
+        *cast(nn.ModuleList, encoder.blocks1), *cast(nn.ModuleList, encoder.blocks2),
+        *cast(nn.Sequential, encoder.blocks3)]
+    for i, blk in enumerate(blocks):
+        r = rate * i / max(len(blocks) - 1, 1)
+        for name in ("drop_path1", "drop_path2", "drop_path"):
             if hasattr(blk, name):
                 setattr(blk, name, DropPath(r) if r > 0 else nn.Identity())
 
@@ -126,8 +146,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float
     """Optimiser groups with an ``lr_scale`` each: MAE's ``param_groups_lrd``. For a ViT encoder
     (``model.encoder``), layer id 0 = class token, position embedding and patch embedding,
     ``i + 1`` = block ``i``, ``L + 1`` = everything after (final norm, the new linear layer);
-    ``lr_scale = layer_decay ** (L + 1 - id)``. No weight decay on 1-D parameters and on the
-    class token / position embedding (timm's ``no_weight_decay``)."""
+    ``lr_scale = layer_decay ** (L + 1 - id)``; a ConvViT as ConvMAE's fine-tuning
+    (:func:`_layer_id`). No weight decay on 1-D parameters and on the class token / position
+    embedding (timm's ``no_weight_decay``)."""
     enc = getattr(model, "encoder", model)
     n = _vit_layers(enc)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
@@ -137,10 +158,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float
         sub = name[len("encoder."):] if name.startswith("encoder.") else None
         lid = 0 if n is None else n + 1
         if n is not None and sub is not None:
-            if sub in ("cls_token", "pos_embed") or sub.startswith("patch_embed"):
-                lid = 0
-            elif sub.startswith("blocks."):
-                lid = int(sub.split(".")[1]) + 1
+            lid = _layer_id(sub, n)
         no_wd = p.ndim == 1 or (sub in ("cls_token", "pos_embed"))
         top = 0 if n is None else n + 1
         key = (lid, no_wd)
