@@ -11,6 +11,19 @@ from selfsup.cli import main
 from selfsup.cli_list import method_params
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() routes the selfsup logger to this test's captured stderr (and stops propagation):
+    put it back, so later tests neither write to a closed stream nor lose caplog records."""
+    import logging
+
+    log = logging.getLogger("selfsup")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:] = saved[0]
+    log.propagate, log.level = saved[1], saved[2]
+
+
 def test_every_method_lists_every_config_field_with_its_comment() -> None:
     import selfsup.methods  # noqa: F401
     from selfsup import registry

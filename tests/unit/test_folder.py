@@ -171,8 +171,10 @@ def test_mixed_sizes(tmp_path: Path, caplog) -> None:
     save(tmp_path / "b.png", rgb(50, 50))
     with caplog.at_level(logging.INFO, logger="selfsup"):
         ds = open_dataset(str(tmp_path))
-    assert ds.image_size == (224, 224) and ds[0][0].shape == (3, 224, 224)
-    assert any("224" in r.getMessage() for r in caplog.records)
+    # the median shorter side of the data (30 and 50: the upper median), said in the log
+    assert ds.image_size == (50, 50) and ds[0][0].shape == (3, 50, 50)
+    assert any("resizing to 50x50, their median shorter side" in r.getMessage()
+               for r in caplog.records)
     small = open_dataset(str(tmp_path), image_size=20)
     assert small.image_size == (20, 20)
     assert small.get_batch(torch.tensor([0, 1]))[0].shape == (2, 3, 20, 20)
