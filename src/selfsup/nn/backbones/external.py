@@ -75,7 +75,8 @@ class ExternalBackbone(nn.Module):
         num_features: width of the pooled features.
         in_chans: input channels.
         image_size: the input side the model was built (and dry-run) for.
-        source_name: ``timm:NAME`` or ``torchvision:NAME``.
+        source_name: where it came from: ``timm:NAME``, ``torchvision:NAME`` (or, for the
+            :class:`~selfsup.nn.backbones.module.ModuleBackbone` subclass, a user module).
     """
 
     def __init__(self, model: nn.Module, source_name: str, num_features: int, in_chans: int,

@@ -25,28 +25,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from selfsup.nn.backbones.external import ExternalBackbone
 from selfsup.types import ConfigError
 
 __all__ = ["ModuleBackbone", "build_python", "fresh_copy", "module_name", "wrap_module"]
 
 
-class ModuleBackbone(nn.Module):
-    """A user module behind the backbone contract; the module is ``self.model``.
-
-    Attributes:
-        num_features: width of the pooled features (found by a dry forward pass).
-        in_chans, image_size: the input the module was checked on.
-        source_name: ``module:<class path>`` or ``python:<factory>``.
-    """
-
-    def __init__(self, model: nn.Module, source_name: str, num_features: int, in_chans: int,
-                 image_size: int) -> None:
-        super().__init__()
-        self.model = model
-        self.source_name = source_name
-        self.num_features = num_features
-        self.in_chans = in_chans
-        self.image_size = image_size
+class ModuleBackbone(ExternalBackbone):
+    """A user module behind the backbone contract; the module is ``self.model`` (the wrapper's
+    attributes are :class:`ExternalBackbone`'s; ``num_features`` is found by a dry forward pass,
+    ``source_name`` is ``module:<class path>`` or ``python:<factory>``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` -> ``[B, num_features]`` (a map output is average-pooled)."""
