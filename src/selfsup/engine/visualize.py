@@ -8,6 +8,9 @@ One PNG grid, one column per image:
   mapped back to pixels with each true patch's mean and variance, as its demo notebook does.
 - BEiT with a selfsup ``vq_tokenizer``: the masked input, the tokenizer's decoding of the
   image's true tokens, and of the tokens with BEiT's predictions at the masked patches.
+- a method with a ``picture_rows(x, mean, std, generator) -> [(name, [B, 3, H, W])]`` method
+  (pretext and generative tasks: colorization, inpainting, autoencoders) draws its own rows
+  below the original, in unit range; no ViT is needed.
 - any ViT method (I-JEPA, DINO, ...): the original and the first three principal components of
   the encoder's patch tokens as an RGB map (the PCA figures of DINO and I-JEPA), each image's
   components scaled to [0, 1].
@@ -95,8 +98,6 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
         CheckpointError: as :func:`load_method`.
         ConfigError: for a method with no picture (not a ViT method), or ``num`` < 1.
     """
-    from PIL import Image
-
     if num < 1:
         raise ConfigError(f"--num must be >= 1, got {num}")
     method, cfg, norm, size = load_method(checkpoint_path)
@@ -107,6 +108,10 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
     std = torch.tensor(norm.std).reshape(1, -1, 1, 1)
     gen = torch.Generator().manual_seed(seed)
     rows: list[tuple[str, Tensor]] = [("original", _display(x, mean, std))]
+    own = getattr(method, "picture_rows", None)
+    if callable(own):  # a method that draws its own rows (colorization, inpainting, ...)
+        rows += [(name, r.clamp(0, 1)) for name, r in own(x, mean, std, gen)]
+        return _save(rows, size, out)
     vit: Any = method.backbone
     patch = getattr(vit, "patch_size", None)
     if not (hasattr(vit, "forward_tokens") and isinstance(patch, int)):
@@ -137,6 +142,13 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
         rows += _beit_rows(m_, vit, x, mean, std, patch, gen)
     tokens = vit.forward_tokens(x)[:, getattr(vit, "num_prefix_tokens", 1):]
     rows.append(("patch-feature PCA", _pca_map(tokens, size // patch, size)))
+    return _save(rows, size, out)
+
+
+def _save(rows: list[tuple[str, Tensor]], size: int, out: str) -> dict[str, Any]:
+    """Write the rows (each ``[B, 3, H, W]`` in unit range) as one PNG grid; the summary dict."""
+    from PIL import Image
+
     grid = torch.cat([torch.cat(list(r), dim=2) for _, r in rows], dim=1)  # [3, rows H, B W]
     img = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     scale = max(1, 96 // size)  # small images enlarged (nearest) so the patches stay visible
@@ -145,8 +157,9 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil.save(path)
-    logger.info("wrote %s: rows %s, %d images", path, [r for r, _ in rows], x.shape[0])
-    return {"out": str(path), "rows": [r for r, _ in rows], "images": int(x.shape[0])}
+    n = int(rows[0][1].shape[0])
+    logger.info("wrote %s: rows %s, %d images", path, [r for r, _ in rows], n)
+    return {"out": str(path), "rows": [r for r, _ in rows], "images": n}
 
 
 def _beit_rows(m_: Any, vit: Any, x: Tensor, mean: Tensor, std: Tensor, patch: int,
