@@ -99,3 +99,30 @@ def test_beit_grid_decodes_true_and_predicted_tokens(tmp_path: Path) -> None:
     s = 6 * SIZE
     got = img[2 * s:3 * s, :s, 0].astype(np.float32)[::6, ::6] / 255  # first image, grey
     np.testing.assert_allclose(got, want[0, 0].numpy(), atol=1.5 / 255)
+
+
+def test_maskfeat_grid_draws_target_hog_and_predictions_where_masked(tmp_path: Path) -> None:
+    """MaskFeat: masked input, the HOG glyphs of the image, and the glyphs with the model's
+    predictions in the masked patches: the last two rows agree exactly outside the masked
+    patches (the target is pasted there) and differ inside them (a wrong paste or a row drawn
+    from the wrong vectors fails)."""
+    ckpt = _run(tmp_path, "maskfeat")
+    res = visualize(ckpt, str(tmp_path / "grid.png"), num=2)
+    assert res["rows"] == ["original", "masked", "HOG of the image (target)",
+                           "HOG: prediction where masked, target elsewhere", "patch-feature PCA"]
+    img = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB")).astype(np.float32) / 255
+    s = 6 * SIZE  # 8 x 8 cells of 2 px, 12 px per glyph: 96 px, the images' enlarged side
+    assert img.shape == (5 * s, 2 * s, 3)
+    masked, target, mixed = img[s:2 * s], img[2 * s:3 * s], img[3 * s:4 * s]
+    grey = np.all(np.abs(masked - 0.5) < 1 / 255, axis=-1)
+    patch = 6 * 4
+    whole = grey.reshape(SIZE // 4, patch, 2 * SIZE // 4, patch).transpose(0, 2, 1, 3).all((2, 3))
+    assert 0 < whole.sum() < whole.size
+    inside = np.repeat(np.repeat(whole, patch, 0), patch, 1)
+    # each image's glyphs are scaled by its own maximum: compare the shapes, not the scale
+    for b in range(2):
+        cols = slice(b * s, (b + 1) * s)
+        t, m, ins = target[:, cols, 0], mixed[:, cols, 0], inside[:, cols]
+        k = t[~ins].max() / max(m[~ins].max(), 1e-6)
+        np.testing.assert_allclose(m[~ins] * k, t[~ins], atol=3 / 255)
+        assert np.abs(m[ins] * k - t[ins]).max() > 0.1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.nn.hog import hog_cells, hog_dim, hog_patches
+from selfsup.nn.hog import hog_cells, hog_dim, hog_glyphs, hog_patches, patches_to_cells
 from selfsup.types import ConfigError, DataError
 
 SOBEL_X = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
@@ -160,3 +160,45 @@ def test_bad_sizes_are_clear_errors() -> None:
         hog_cells(torch.zeros(3, 16, 16), 4)
     with pytest.raises(DataError, match="multiples of the patch size"):
         hog_patches(torch.zeros(1, 3, 12, 12), 8, 4)
+
+
+def test_patches_to_cells_inverts_the_patch_layout() -> None:
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cells = patches_to_cells(hog_patches(x, 8, 4), grid=2, in_chans=3, patch_size=8, cell_size=4)
+    torch.testing.assert_close(cells, hog_cells(x, 4))
+    with pytest.raises(DataError, match=r"\[B, 4, 108\]"):
+        patches_to_cells(torch.zeros(1, 4, 10), 2, 3, 8, 4)
+
+
+def _spread(img: torch.Tensor) -> tuple[float, float]:
+    """Weighted variance of the drawn pixels' rows and columns."""
+    w = img / img.sum()
+    r, c = torch.meshgrid(torch.arange(img.shape[0]).float(), torch.arange(img.shape[1]).float(),
+                          indexing="ij")
+    return (float((w * (r - (w * r).sum()) ** 2).sum()),
+            float((w * (c - (w * c).sum()) ** 2).sum()))
+
+
+@pytest.mark.parametrize("edge", ["vertical", "horizontal"])
+def test_glyphs_draw_lines_along_the_edge_not_the_gradient(edge: str) -> None:
+    x = torch.zeros(1, 1, 8, 8)
+    if edge == "vertical":
+        x[..., 4:] = 1.0  # left dark, right bright: a vertical edge, horizontal gradient
+    else:
+        x[..., 4:, :] = 1.0
+    pic = hog_glyphs(hog_cells(x, 8), glyph_px=24)  # one cell, one glyph
+    assert pic.shape == (1, 1, 24, 24) and float(pic.max()) == pytest.approx(1.0)
+    rows, cols = _spread(pic[0, 0])
+    if edge == "vertical":
+        assert rows > 10 * cols, (rows, cols)  # a vertical line
+    else:
+        assert cols > 10 * rows, (rows, cols)
+
+
+def test_glyphs_are_dark_without_gradient_and_check_their_input() -> None:
+    pic = hog_glyphs(hog_cells(torch.ones(2, 3, 8, 8), 4))
+    assert pic.shape == (2, 1, 24, 24) and float(pic.abs().max()) == 0.0
+    with pytest.raises(DataError):
+        hog_glyphs(torch.zeros(2, 9, 2, 2))
+    with pytest.raises(ConfigError, match="glyph_px"):
+        hog_glyphs(torch.zeros(1, 1, 9, 1, 1), glyph_px=2)

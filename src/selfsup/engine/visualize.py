@@ -11,6 +11,9 @@ One PNG grid, one column per image:
 - a method with a ``picture_rows(x, mean, std, generator) -> [(name, [B, 3, H, W])]`` method
   (pretext and generative tasks: colorization, inpainting, autoencoders) draws its own rows
   below the original, in unit range; no ViT is needed.
+- MaskFeat: the masked input, the HOG of the image (its target) and the HOG with the model's
+  predictions in the masked patches, drawn as HOG glyphs (one line per orientation bin along
+  the edge direction, as bright as the bin).
 - any ViT method (I-JEPA, DINO, ...): the original and the first three principal components of
   the encoder's patch tokens as an RGB map (the PCA figures of DINO and I-JEPA), each image's
   components scaled to [0, 1].
@@ -36,6 +39,7 @@ from selfsup.data.datasets import open_dataset
 from selfsup.engine import checkpoint
 from selfsup.engine.runs import backbone_from, method_config, preprocessor
 from selfsup.methods.base import Method
+from selfsup.nn.hog import hog_glyphs, patches_to_cells
 from selfsup.nn.patches import patchify, unpatchify
 from selfsup.types import CheckpointError, ConfigError
 from selfsup.utils.log import logger
@@ -111,14 +115,20 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
     own = getattr(method, "picture_rows", None)
     if callable(own):  # a method that draws its own rows (colorization, inpainting, ...)
         rows += [(name, r.clamp(0, 1)) for name, r in own(x, mean, std, gen)]
-        return _save(rows, size, out)
     vit: Any = method.backbone
     patch = getattr(vit, "patch_size", None)
     if not (hasattr(vit, "forward_tokens") and isinstance(patch, int)):
-        raise ConfigError(f"selfsup visualize: method '{cfg.method}' has no picture (it needs a "
-                          "ViT backbone: reconstructions for mae/simmim, patch PCA for any ViT)")
+        if callable(own):
+            return _save(rows, size, out)
+        raise ConfigError(f"selfsup visualize: method '{cfg.method}' has no picture (pictures: "
+                          "reconstructions of mae/simmim/beit, HOG of maskfeat, the pretext "
+                          "tasks' own rows, patch PCA for any ViT)")
     m_: Any = method
-    if hasattr(m_, "decode") and hasattr(m_, "sample_masks"):  # MAE
+    if callable(own):
+        pass
+    elif hasattr(m_, "targets") and hasattr(m_, "predict") and hasattr(m_, "cell"):  # MaskFeat
+        rows += _maskfeat_rows(m_, x, mean, std, patch, gen)
+    elif hasattr(m_, "decode") and hasattr(m_, "sample_masks"):  # MAE
         ms = m_.sample_masks(x.shape[0], None, gen)
         pred = m_.decode(vit.forward_tokens(x, keep=ms["keep"]), ms["ids_restore"])
         target = patchify(x, patch)
@@ -146,14 +156,15 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
 
 
 def _save(rows: list[tuple[str, Tensor]], size: int, out: str) -> dict[str, Any]:
-    """Write the rows (each ``[B, 3, H, W]`` in unit range) as one PNG grid; the summary dict."""
+    """Write the rows (each ``[B, 3, h, w]`` in unit range; a row may be drawn finer than the
+    images, e.g. HOG glyphs) as one PNG grid; the summary dict. Small images are enlarged
+    (nearest) to at least 96 px so the patches stay visible."""
     from PIL import Image
 
-    grid = torch.cat([torch.cat(list(r), dim=2) for _, r in rows], dim=1)  # [3, rows H, B W]
+    side = max([size * max(1, 96 // size)] + [int(r.shape[-1]) for _, r in rows])
+    grid = torch.cat([torch.cat(list(_enlarge(r, side)), dim=2) for _, r in rows], dim=1)
     img = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    scale = max(1, 96 // size)  # small images enlarged (nearest) so the patches stay visible
-    pil = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale),
-                                      Image.Resampling.NEAREST)
+    pil = Image.fromarray(img)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil.save(path)
@@ -190,6 +201,39 @@ def _beit_rows(m_: Any, vit: Any, x: Tensor, mean: Tensor, std: Tensor, patch: i
     rows.append(("tokenizer decoding of the true tokens", decoded(labels)))
     rows.append(("decoding with predicted tokens where masked", decoded(ids)))
     return rows
+
+
+def _enlarge(r: Tensor, side: int) -> Tensor:
+    """A row ``[B, 3, h, w]`` scaled to ``side`` pixels: nearest for a whole factor, else
+    bilinear."""
+    if r.shape[-1] == side:
+        return r
+    if side % r.shape[-1] == 0:
+        return F.interpolate(r, scale_factor=side // r.shape[-1], mode="nearest")
+    return F.interpolate(r, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _maskfeat_rows(m_: Any, x: Tensor, mean: Tensor, std: Tensor, patch: int,
+                   gen: torch.Generator) -> list[tuple[str, Tensor]]:
+    """MaskFeat: the masked input, the HOG of the image (the target) and the HOG with the
+    model's predictions in the masked patches, as glyph pictures (:func:`hog_glyphs`, 12 px
+    per cell)."""
+    mask = m_.sample_masks(x.shape[0], None, gen)["mask"]
+    m = mask.unsqueeze(-1).to(x.dtype)
+    pix = unpatchify(m.expand(-1, -1, patch * patch * x.shape[1]), patch, x.shape[1])
+    pred, _ = m_.predict(x, mask)
+    target = m_.targets(x)
+    mixed = torch.where(mask.unsqueeze(-1), pred, target)
+    grid = x.shape[-1] // patch
+
+    def glyphs(v: Tensor) -> Tensor:
+        cells = patches_to_cells(v, grid, x.shape[1], patch, m_.cell, m_.cfg.nbins)
+        return hog_glyphs(cells, 12).expand(-1, 3, -1, -1)
+
+    return [("masked", _display(x * (1 - pix), mean, std) * _keep_grey(m, patch, x)
+             + _grey(m, patch, x)),
+            ("HOG of the image (target)", glyphs(target)),
+            ("HOG: prediction where masked, target elsewhere", glyphs(mixed))]
 
 
 def _pixels(m: Tensor, patch: int, x: Tensor) -> Tensor:

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from selfsup.types import ConfigError, DataError
 
-__all__ = ["hog_cells", "hog_dim", "hog_patches"]
+__all__ = ["hog_cells", "hog_dim", "hog_glyphs", "hog_patches", "patches_to_cells"]
 
 def hog_dim(in_chans: int, patch_size: int, cell_size: int, nbins: int = 9) -> int:
     """Length of one patch's HOG vector: ``in_chans * nbins * (patch_size / cell_size)^2``.
@@ -126,6 +126,61 @@ def hog_patches(images: Tensor, patch_size: int, cell_size: int = 8, nbins: int 
     x = cells.reshape(b, c, k, hc // u, u, wc // u, u)
     x = x.permute(0, 3, 5, 1, 2, 4, 6)  # [B, h, w, C, K, u, u]
     return x.reshape(b, (hc // u) * (wc // u), c * k * u * u)
+
+
+def patches_to_cells(vectors: Tensor, grid: int, in_chans: int, patch_size: int, cell_size: int,
+                     nbins: int = 9) -> Tensor:
+    """The inverse of :func:`hog_patches`' layout: per-patch vectors ``[B, grid^2, C * nbins *
+    u^2]`` (``u = patch_size / cell_size``; targets or a model's predictions) back to the cell
+    histograms ``[B, C, nbins, grid u, grid u]`` of :func:`hog_cells`.
+
+    Raises:
+        DataError: if the vectors do not have that shape.
+    """
+    _check_sizes(patch_size, cell_size, nbins)
+    u = patch_size // cell_size
+    b = vectors.shape[0]
+    if vectors.dim() != 3 or vectors.shape[1:] != (grid * grid, in_chans * nbins * u * u):
+        raise DataError(f"HOG vectors must be [B, {grid * grid}, {in_chans * nbins * u * u}], "
+                        f"got {tuple(vectors.shape)}")
+    x = vectors.reshape(b, grid, grid, in_chans, nbins, u, u).permute(0, 3, 4, 1, 5, 2, 6)
+    return x.reshape(b, in_chans, nbins, grid * u, grid * u)
+
+
+def hog_glyphs(cells: Tensor, glyph_px: int = 12) -> Tensor:
+    """The usual HOG picture (Dalal & Triggs' figures, scikit-image's ``hog(visualize=True)``):
+    in every cell, one line per orientation bin through the cell centre along the *edge*
+    direction of that bin (perpendicular to its gradient), as bright as the bin's value.
+
+    Args:
+        cells: ``[B, C, nbins, Hc, Wc]`` histograms (:func:`hog_cells`); channels are averaged.
+        glyph_px: side of one cell's drawing in pixels.
+
+    Returns:
+        ``[B, 1, Hc glyph_px, Wc glyph_px]`` in [0, 1], each image scaled by its largest value.
+
+    Raises:
+        DataError: if ``cells`` is not 5-D; ConfigError: if ``glyph_px`` < 3.
+    """
+    if cells.dim() != 5:
+        raise DataError(f"HOG cells must be [B, C, nbins, Hc, Wc], got {tuple(cells.shape)}")
+    if glyph_px < 3:
+        raise ConfigError(f"hog_glyphs: glyph_px must be >= 3, got {glyph_px}")
+    b, _, k, hc, wc = cells.shape
+    h = cells.detach().float().mean(1).clamp_min(0)  # [B, K, Hc, Wc]
+    # pixel centres of one glyph in cell units, origin at the centre: u right, v down
+    t = (torch.arange(glyph_px, dtype=torch.float32, device=h.device) + 0.5) / glyph_px - 0.5
+    v, u = torch.meshgrid(t, t, indexing="ij")
+    # bin k's gradient angle phi (atan2(gx, gy), step 2 of the module doc) points along
+    # (x, y) = (sin phi, cos phi); the edge runs along (cos phi, -sin phi)
+    phi = (torch.arange(k, dtype=torch.float32, device=h.device) + 0.5) * math.pi / k
+    ex, ey = phi.cos().view(k, 1, 1), (-phi.sin()).view(k, 1, 1)
+    dist = (u * ey - v * ex).abs() * glyph_px  # distance to the line, in output pixels
+    along = (u * ex + v * ey).abs()
+    masks = ((1.0 - dist / 0.75).clamp(0, 1) * (along <= 0.45)).to(h.dtype)  # [K, g, g]
+    img = torch.einsum("bkij,kuv->biujv", h, masks).reshape(b, 1, hc * glyph_px, wc * glyph_px)
+    top = img.flatten(1).amax(1).clamp_min(1e-12).view(b, 1, 1, 1)
+    return img / top
 
 
 def _sobel(xp: Tensor) -> tuple[Tensor, Tensor]:
