@@ -282,3 +282,28 @@ def test_moco_v3_momentum_encoder_keeps_its_own_bn_statistics() -> None:
     m.training_step(batch).loss.backward()
     m.on_step_end(0, 10)
     _assert_own_bn_statistics(m.momentum_encoder, shadow, nn.Sequential(m.backbone, m.projector))
+
+
+def test_batch_negatives_add_the_other_images_keys_to_the_denominator() -> None:
+    """``batch_negatives``: loop reference of InfoNCE whose denominator holds the positive, the
+    queue and the current keys of the *other* images (never the query's own key twice)."""
+    m = _build("moco_v1", queue_size=16, shuffle_bn_groups=1, mask_same_image=False,
+               batch_negatives=True).train()
+    m.training_step(_batch(1))
+    m.on_step_end(0, 10)
+    m.eval()
+    batch = _batch(0)
+    with torch.no_grad():
+        out = m.training_step(batch).loss
+        q = F.normalize(m.projector(m.backbone(batch.views[0])), dim=1)
+        k = F.normalize(m.key_encoder(batch.views[1]), dim=1)
+        queue = m.queue.get()
+        total = torch.zeros(())
+        for i in range(B):
+            pos = torch.exp(q[i] @ k[i] / 0.07)
+            neg = sum(torch.exp(q[i] @ k[j] / 0.07) for j in range(B) if j != i)
+            neg = neg + torch.exp(q[i] @ queue.T / 0.07).sum()
+            total = total - torch.log(pos / (pos + neg))
+        torch.testing.assert_close(out, total / B, rtol=1e-5, atol=1e-5)
+        m.cfg.batch_negatives = False
+        assert m.training_step(batch).loss.item() < out.item()  # fewer negatives, lower loss

@@ -22,6 +22,14 @@ running statistics of its own (shuffled) key batches (``EMA(copy_buffers=False)`
 ``model.parameters()`` with one weight decay (``main_moco.py``), so biases and BatchNorm
 parameters are decayed too (``decay_norm_bias``); the views are the papers' augmentations
 (presets ``moco_v1``: InstDisc's, ``moco_v2``: ``--aug-plus``).
+
+Fresh negatives (``batch_negatives``, off by default as eq. 1): the keys of the current batch's
+other images join the queue as negatives. MoCo's reference uses queued keys only; but in short,
+small-data runs the queue starts as random vectors and then holds keys a few steps stale, and
+lightly's CIFAR-10 benchmark, whose recipe the small recipe follows, gets fresh negatives as a
+side effect: its symmetric loss calls ``NTXentLoss(memory_bank_size=...)`` twice and the memory
+bank enqueues the first call's keys before the second call reads it, so the second half's
+negatives include this batch's keys (the query's own view among them).
 """
 
 from __future__ import annotations
@@ -63,6 +71,9 @@ class MoCoV1Config:
     shuffle_bn_groups: int = 8  # sub-batches for BN statistics (sec. 3.3: 8 GPUs); 1 = off
     symmetric: bool = False  # False as the paper; True adds the swapped loss (MoCo CIFAR demo)
     mask_same_image: bool = True  # small-data fix: queued keys of the query's image not negative
+    # the current batch's keys of the other images as extra negatives (eq. 1 and the reference:
+    # False, queue only); see "Fresh negatives" in the module doc
+    batch_negatives: bool = False
 
 
 @dataclass
@@ -142,14 +153,16 @@ class _MoCo(Method):
 
     def _contrast(self, q: Tensor, k: Tensor, index: Tensor) -> Tensor:
         """InfoNCE of queries ``q`` ``[B, D]`` against their keys ``k`` ``[B, D]`` (positives)
-        and the queue (negatives); the other keys of the batch are not negatives (eq. 1)."""
+        and the queue (negatives); the other keys of the batch are negatives only with
+        ``batch_negatives`` (eq. 1: they are not)."""
         b, queue = q.shape[0], self.queue.get().to(q.dtype)
         eye = torch.eye(b, dtype=torch.bool, device=q.device)
         pos = torch.cat([eye, eye.new_zeros(b, queue.shape[0])], dim=1)  # [B, B + K]
         same = self.queue.get_ids()[None, :] == index[:, None]  # [B, K]
         if not self.cfg.mask_same_image:
             same = torch.zeros_like(same)
-        self_mask = torch.cat([~eye, same], dim=1)  # exclude other batch keys (+ stale own keys)
+        others = torch.zeros_like(eye) if self.cfg.batch_negatives else ~eye
+        self_mask = torch.cat([others, same], dim=1)  # excluded: other batch keys, stale own keys
         return info_nce(q, torch.cat([k, queue]), pos, self.cfg.temperature, self_mask=self_mask)
 
     def training_step(self, batch: Batch) -> StepOutput:
