@@ -34,9 +34,11 @@ import selfsup.methods  # noqa: F401  (registers the methods)
 from method_grid import grid_backbone_config, shrunk_args, tokenizer_args
 from selfsup import registry
 from selfsup.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from selfsup.data.arrays import shared_data_file
 from selfsup.engine import checkpoint
 from selfsup.engine.trainer import PretrainResult, pretrain
 from selfsup.methods.base import Method
+from selfsup.types import DataError
 
 METHODS = registry.list_names("method")
 LIMIT, BATCH, STEPS = 48, 12, 5  # 4 batches per epoch: 4 (accumulate 1) or 2 (accumulate 2) steps
@@ -79,11 +81,23 @@ def _cases() -> list[Any]:
     return out
 
 
+def _data(name: str) -> str:
+    """Grey digits, or the shared CIFAR-10 for methods taking RGB only (colorization)."""
+    chans = getattr(registry.get("method", name).obj, "input_channels", None)
+    if chans is None or 1 in chans:
+        return "digits"
+    try:
+        shared_data_file("cifar10")
+    except DataError as e:
+        pytest.skip(f"{name} takes {chans}-channel data only and needs the shared CIFAR-10: {e}")
+    return "cifar10"
+
+
 def _config(name: str, accum: int, out: Path) -> RunConfig:
     return RunConfig(
         method=name, method_args=method_args(name),
         backbone=grid_backbone_config(name, width=4, image_size=8),
-        data=DataConfig(path="digits", image_size=8, limit=LIMIT),
+        data=DataConfig(path=_data(name), image_size=8, limit=LIMIT),
         optim=OptimConfig(accumulate=accum),
         train=TrainConfig(steps=STEPS, batch_size=BATCH, out=str(out), device="cpu",
                           progress=False, tensorboard=False, log_every=1, collapse_every=2),

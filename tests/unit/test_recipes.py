@@ -81,6 +81,7 @@ def test_small_recipes_carry_lightlys_cifar10_numbers() -> None:
                                        "temperature": 0.5}
     assert r("moco_v2").method_args["temperature"] == 0.1
     assert r("moco_v2").method_args["queue_size"] == 4096
+    assert r("moco_v2").method_args["batch_negatives"] is True  # lightly's fresh bank keys
     assert r("swav").method_args["num_prototypes"] == 512
     assert r("dino").method_args["out_dim"] == 2048 and r("dino").method_args["head_layers"] == 2
     assert r("simclr").view_args["brightness"] == 0.4 and r("simclr").view_args["hue"] == 0.1

@@ -4,9 +4,14 @@ brightness, contrast, saturation, hue, grayscale and their random composition (c
 Every function takes ``x`` ``[B, C, H, W]`` float in [0, 1] on any device; per-sample factors are
 ``[B]`` tensors. Saturation, hue and grayscale need RGB (C = 3); for other channel counts colour
 jitter uses only per-band brightness and contrast.
+
+Colour spaces: :func:`rgb_to_lab` and its inverse :func:`lab_to_rgb` (CIE L*a*b*, D65), and
+:func:`srgb_ab_bins`, the quantised ab values of the sRGB gamut (colorization's output classes).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -253,3 +258,79 @@ def rgb_to_lab(x: Tensor) -> Tensor:
                     xyz / (3 * (6.0 / 29.0) ** 2) + 4.0 / 29.0)
     fx, fy, fz = f.unbind(1)
     return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
+
+
+def lab_to_rgb(x: Tensor) -> Tensor:
+    """sRGB of CIE L*a*b* (D65) images, the inverse of :func:`rgb_to_lab`: ``[B, 3, H, W]`` with
+    ``L`` in [0, 100] -> ``[B, 3, H, W]`` in [0, 1].
+
+    ``f_y = (L + 16) / 116``, ``f_x = f_y + a / 500``, ``f_z = f_y - b / 200``;
+    ``f^-1(t) = t ** 3`` above ``6/29`` (else ``3 (6/29)^2 (t - 4/29)``) times the white point
+    gives XYZ; the exact inverse of :func:`rgb_to_lab`'s matrix (not skimage's rounded one, so
+    the round trip is exact up to float rounding) gives linear RGB, clamped to [0, 1] (colours
+    outside the sRGB gamut are clipped, as ``skimage.color.lab2rgb`` does), then the sRGB curve
+    (``1.055 c ** (1/2.4) - 0.055`` above 0.0031308, else ``12.92 c``).
+
+    Raises:
+        DataError: if ``x`` is not a float batch with 3 channels.
+    """
+    _check_images(x, "lab_to_rgb")
+    _check_rgb(x, "lab_to_rgb")
+    light, a, b = x.unbind(1)
+    fy = (light + 16.0) / 116.0
+    f = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=1)
+    delta = 6.0 / 29.0
+    t = torch.where(f > delta, f.pow(3), 3 * delta ** 2 * (f - 4.0 / 29.0))
+    white = torch.tensor(_WHITE_D65, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    inv = torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)).to(x)
+    lin = torch.einsum("ij,bjhw->bihw", inv, t * white).clamp(0.0, 1.0)
+    return torch.where(lin > 0.0031308, 1.055 * lin.clamp_min(0.0031308).pow(1 / 2.4) - 0.055,
+                       12.92 * lin)
+
+
+@functools.cache
+def _surface_ab() -> Tensor:
+    """ab ``[6 * 256^2, 2]`` (float64) of the colours on the 6 faces of the 8-bit RGB cube."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    u, v = torch.meshgrid(levels, levels, indexing="ij")
+    faces = []
+    for c in range(3):  # channel c fixed at 0 or 1
+        for value in (0.0, 1.0):
+            planes = [u, v]
+            planes.insert(c, torch.full_like(u, value))
+            faces.append(torch.stack(planes).reshape(3, -1))
+    rgb = torch.cat(faces, dim=1).reshape(1, 3, -1, 1)
+    return rgb_to_lab(rgb)[0, 1:, :, 0].T.contiguous()
+
+
+@functools.cache
+def _gamut_bins(grid: float) -> Tensor:
+    q = torch.round(_surface_ab() / grid).to(torch.int64)
+    lo = q.amin(0)
+    span = int(q[:, 1].max() - lo[1]) + 1
+    keys = torch.unique((q[:, 0] - lo[0]) * span + (q[:, 1] - lo[1]))  # one int per cell, sorted
+    cells = torch.stack([keys // span + lo[0], keys % span + lo[1]], dim=1)  # by a, then b
+    return cells.to(torch.float32) * grid
+
+
+def srgb_ab_bins(grid: float = 10.0) -> Tensor:
+    """The quantised in-gamut ab values of Zhang et al. 2016 (sec. 2.1, fig. 3): the centres of
+    the ``grid``-spaced ab grid cells that some 8-bit sRGB colour falls in (rounding its ab to the
+    nearest multiple of ``grid``), ``[Q, 2]`` float32 as ``(a, b)``, sorted by ``a`` then ``b``.
+
+    Computed, not downloaded (the reference ships ``resources/pts_in_hull.npy`` and does not say
+    how it was made): the projection of the gamut onto the ab plane is the projection of its
+    surface (along every vertical line in L the gamut's extreme L lies on its boundary), so the 6
+    faces of the 8-bit RGB cube (6 x 256^2 colours, in float64) give every cell any 8-bit sRGB
+    colour of any lightness reaches. ``grid=10`` gives Q = 261 bins with the reference's extent
+    (a in [-90, 100], b in [-110, 90]); the reference's 313 are a superset (checked against a
+    public transcription of ``pts_in_hull.npy``): its 52 extra cells lie 5-13 ab units outside
+    the gamut, so no sRGB colour is nearest to one of them. Cached per ``grid``; a fresh copy is
+    returned.
+
+    Raises:
+        ConfigError: if ``grid`` is not in (0, 100].
+    """
+    if not 0.0 < grid <= 100.0:
+        raise ConfigError(f"ab grid size must be in (0, 100], got {grid}")
+    return _gamut_bins(float(grid)).clone()

@@ -18,7 +18,10 @@ from torch import Tensor, nn
 
 from selfsup import registry
 from selfsup.config import ViewConfig, replace
-from selfsup.data import mim_views  # noqa: F401  (registers the masked-modeling presets)
+from selfsup.data import (
+    mim_views,  # noqa: F401  (registers the masked-modeling presets)
+    pretext_views,  # noqa: F401  (registers the pretext-task presets)
+)
 from selfsup.data.augment import Augment
 from selfsup.types import ConfigError, DataError
 
