@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-methods venv clean
+.PHONY: demo test test-slow lint bench bench-methods venv clean
 
 demo: $(STAMP)
 	$(BIN)/selfsup demo
@@ -12,7 +12,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -m "not slow" tests
+
+# the learning tests marked slow (training runs of 30-100 s each, about 4 minutes in all)
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -45,6 +45,7 @@ def test_cmc_in_batch_beats_random_init(learn) -> None:
 
 
 @pytest.mark.skipif(not CIFAR.is_file(), reason="shared CIFAR-10 file not available")
+@pytest.mark.slow  # a long training run: `make test-slow`, not `make test`
 def test_cmc_lab_views_beat_random_init_on_cifar(tmp_path: Path, learning_log,
                                                  knn_eval) -> None:
     cfg = RunConfig(

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from selfsup.config import BackboneConfig
@@ -172,6 +173,7 @@ VQ_TOKENIZER_CPU = ["method_args.codebook_size=32", "method_args.code_dim=8",
                     "method_args.l2_norm=true", "method_args.hidden_dim=64", "optim.lr=1e-3"]
 
 
+@pytest.mark.slow  # a long training run: `make test-slow`, not `make test`
 def test_beit_tokenizer_then_masked_tokens_beat_random_init(tmp_path: Path, learning_log,
                                                             knn_eval, digits_run) -> None:
     """BEiT (Bao et al. 2022) after its tokenizer stage, on 16-px digits with 4-px patches (a

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from selfsup.config import BackboneConfig
 
 
@@ -38,6 +40,7 @@ def test_simmim_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, k
     assert r["trained"] > r["random"] + 3.0, r  # measured +6.4
 
 
+@pytest.mark.slow  # a long training run: `make test-slow`, not `make test`
 def test_ijepa_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, knn_eval,
                                                digits_run) -> None:
     """I-JEPA on 2-px patches (an 8 x 8 grid, so that 4 target blocks of 15-20% and a context
@@ -64,6 +67,7 @@ def test_ijepa_loss_falls_and_beats_random_init(tmp_path: Path, learning_log, kn
     assert r["trained"] > r["random"] + 6.0, r  # measured +13.1
 
 
+@pytest.mark.slow  # a long training run: `make test-slow`, not `make test`
 def test_convmae_loss_falls_and_encoder_is_not_broken(tmp_path: Path, learning_log,
                                                       knn_eval, digits_run) -> None:
     """ConvMAE (Gao et al. 2022) on 16-px digits: ``convvit_tiny`` with 4 transformer blocks
