@@ -123,10 +123,19 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
         raise ConfigError(f"selfsup visualize: method '{cfg.method}' has no picture (pictures: "
                           "reconstructions of mae/simmim/beit, HOG of maskfeat, the pretext "
                           "tasks' own rows, patch PCA for any ViT)")
-    m_: Any = method
-    if callable(own):
-        pass
-    elif hasattr(m_, "targets") and hasattr(m_, "predict") and hasattr(m_, "cell"):  # MaskFeat
+    if not callable(own):
+        rows += _method_rows(method, vit, x, mean, std, patch, gen)
+    tokens = vit.forward_tokens(x)[:, getattr(vit, "num_prefix_tokens", 1):]
+    rows.append(("patch-feature PCA", _pca_map(tokens, size // patch, size)))
+    return _save(rows, size, out)
+
+
+def _method_rows(m_: Any, vit: Any, x: Tensor, mean: Tensor, std: Tensor, patch: int,
+                 gen: torch.Generator) -> list[tuple[str, Tensor]]:
+    """The rows of the masked-modeling methods visualize knows (MaskFeat, MAE, SimMIM, BEiT);
+    none for another ViT method."""
+    rows: list[tuple[str, Tensor]] = []
+    if hasattr(m_, "targets") and hasattr(m_, "predict") and hasattr(m_, "cell"):  # MaskFeat
         rows += _maskfeat_rows(m_, x, mean, std, patch, gen)
     elif hasattr(m_, "decode") and hasattr(m_, "sample_masks"):  # MAE
         ms = m_.sample_masks(x.shape[0], None, gen)
@@ -150,9 +159,7 @@ def visualize(checkpoint_path: str, out: str, data: str | None = None, num: int 
         rows.append(("reconstruction + visible", _display(x * (1 - pix) + rec * pix, mean, std)))
     elif hasattr(m_, "lm_head") and hasattr(m_, "tokenize"):  # BEiT
         rows += _beit_rows(m_, vit, x, mean, std, patch, gen)
-    tokens = vit.forward_tokens(x)[:, getattr(vit, "num_prefix_tokens", 1):]
-    rows.append(("patch-feature PCA", _pca_map(tokens, size // patch, size)))
-    return _save(rows, size, out)
+    return rows
 
 
 def _save(rows: list[tuple[str, Tensor]], size: int, out: str) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from selfsup.losses.generative import reconstruction_loss
 from selfsup.methods.base import Method
 from selfsup.nn.conv_decoder import ConvDecoder, as_picture, feature_map_shape
+from selfsup.nn.input_stats import input_stats
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
 
@@ -156,17 +157,10 @@ class _Autoencoder(Method):
             raise ConfigError(f"{self.name}: the backbone must have positive 'in_chans' and "
                               f"'image_size' (the decoder's output), got {self.in_chans}, "
                               f"{self.image_size}")
-        for key in ("input_mean", "input_std"):
-            if getattr(cfg, key) and len(getattr(cfg, key)) != self.in_chans:
-                raise ConfigError(f"method_args.{key} needs {self.in_chans} values, got "
-                                  f"{getattr(cfg, key)}")
-        if cfg.input_std and min(cfg.input_std) <= 0:
-            raise ConfigError(f"method_args.input_std must be > 0, got {cfg.input_std}")
         c, s = self.in_chans, self.image_size
-        self.register_buffer("mean", torch.tensor(cfg.input_mean or [0.0] * c).view(1, c, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.input_std or [1.0] * c).view(1, c, 1, 1),
-                             persistent=False)
+        mean, std = input_stats(cfg.input_mean, cfg.input_std, c)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         if cfg.code == "pooled":
             self.decoder = ConvDecoder(num_features, c, (s, s), cfg.decoder_dim)
         else:

@@ -57,6 +57,7 @@ from selfsup.losses.counting import counting_terms
 from selfsup.methods.base import Method
 from selfsup.nn.downsample import DOWNSAMPLE_METHODS, downsample2
 from selfsup.nn.heads import mlp
+from selfsup.nn.input_stats import input_stats
 from selfsup.registry import register
 from selfsup.types import Batch, ConfigError, DataError, StepOutput
 from selfsup.utils import dist
@@ -168,20 +169,12 @@ class Counting(Method):
                 raise ConfigError(f"method_args.{key}={getattr(cfg, key)!r} is invalid for "
                                   f"counting (margin >= 0, gray_p in [0, 1], downsampling one "
                                   f"of {_CHOICES})")
-        c = int(getattr(backbone, "in_chans", 0)) or None
-        for key in ("input_mean", "input_std"):
-            vals = getattr(cfg, key)
-            if vals and c is not None and len(vals) != c:
-                raise ConfigError(f"method_args.{key} needs {c} values, got {vals}")
-        if cfg.input_std and min(cfg.input_std) <= 0:
-            raise ConfigError(f"method_args.input_std must be positive, got {cfg.input_std}")
+        mean, std = input_stats(cfg.input_mean, cfg.input_std, int(getattr(backbone, "in_chans", 0)))
         self.backbone = self.build_encoder(backbone, cfg)
         self.counter = nn.Sequential(mlp([dim, cfg.hidden_dim, cfg.hidden_dim, cfg.count_dim],
                                          batch_norm=False), nn.ReLU())
-        self.register_buffer("mean", torch.tensor(cfg.input_mean or [0.0]).view(1, -1, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.input_std or [1.0]).view(1, -1, 1, 1),
-                             persistent=False)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     @classmethod
     def build_encoder(cls, backbone: nn.Module, cfg: Any) -> nn.Module:
