@@ -8,8 +8,8 @@ presets registered here are listed by ``selfsup list presets``.
 
 from __future__ import annotations
 
-from selfsup import registry  # noqa: F401  (presets below register with it)
-from selfsup.config import ViewConfig  # noqa: F401
+from selfsup import registry
+from selfsup.config import ViewConfig
 
 
 def _whole_image(image_size: int) -> list[ViewConfig]:
